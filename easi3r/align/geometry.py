@@ -1,0 +1,197 @@
+"""Pure geometry helpers of the global alignment (tensors in, tensors out, no state).
+
+Conventions: poses are 4x4 homogeneous **camera-to-world** matrices (OpenCV camera: x right, y down, z forward);
+quaternions are XYZW (roma); pixel coordinates are the integer grid ``x in [0, W)``, ``y in [0, H)`` without a
+half-pixel offset, as in the official code.
+"""
+
+from __future__ import annotations
+
+import roma
+import torch
+from torch import Tensor
+
+__all__ = [
+    "align_poses_sim3",
+    "apply_sim3",
+    "decode_poses",
+    "depth_to_camera_points",
+    "encode_rotation_translation",
+    "estimate_focal",
+    "pixel_grid",
+    "procrustes",
+    "signed_expm1",
+    "signed_log1p",
+    "sim3_matrix",
+    "transform_points",
+]
+
+
+def signed_log1p(x: Tensor) -> Tensor:
+    """``sign(x) * log(1 + |x|)``: the translation parametrisation (compresses large translations)."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def signed_expm1(x: Tensor) -> Tensor:
+    """Inverse of :func:`signed_log1p`: ``sign(x) * (exp(|x|) - 1)``."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def pixel_grid(height: int, width: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Integer pixel coordinates ``(H, W, 2)`` int64 with ``[..., 0] = x`` (column) and ``[..., 1] = y`` (row)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    return torch.stack((xs, ys), dim=-1)
+
+
+def decode_poses(params: Tensor) -> Tensor:
+    """Pose parameters ``(..., 7+)`` (unnormalised quaternion XYZW, ``signed_log1p`` translation) -> ``(..., 4, 4)``.
+
+    The quaternion is normalised (``roma.RigidUnitQuat(q, signed_expm1(t)).normalize().to_homogeneous()``);
+    extra trailing entries (the log-scale of pairwise poses) are ignored.
+    """
+    quat = params[..., :4]
+    trans = signed_expm1(params[..., 4:7])
+    return roma.RigidUnitQuat(quat, trans).normalize().to_homogeneous()
+
+
+def encode_rotation_translation(rotation: Tensor, translation: Tensor) -> Tensor:
+    """Inverse of :func:`decode_poses`: ``(..., 3, 3)`` rotation and ``(..., 3)`` translation -> ``(..., 7)``."""
+    return torch.cat((roma.rotmat_to_unitquat(rotation), signed_log1p(translation)), dim=-1)
+
+
+def transform_points(transform: Tensor, points: Tensor) -> Tensor:
+    """Apply ``(B, 4, 4)`` (or ``(4, 4)``) affine transforms to ``(B, ..., 3)`` points (per batch element).
+
+    Written as ``p @ M[:3, :3]^T + M[:3, 3]`` (one batched matmul), the form the official ``geotrf`` uses, so the
+    float32 rounding matches it.
+    """
+    if transform.ndim == 2:
+        return points @ transform[:3, :3].transpose(-1, -2) + transform[:3, 3]
+    batch = transform.shape[0]
+    flat = points.reshape(batch, -1, 3)
+    out = flat @ transform[:, :3, :3].transpose(-1, -2) + transform[:, None, :3, 3]
+    return out.reshape(points.shape)
+
+
+def depth_to_camera_points(depth: Tensor, focal: Tensor, principal_point: Tensor, grid: Tensor) -> Tensor:
+    """Back-project z-depth to camera-frame points.
+
+    Args:
+        depth: ``(B, N)`` z-depth of the ``N`` pixels listed in ``grid``.
+        focal: ``(B,)`` focal lengths in pixels (``fx = fy``).
+        principal_point: ``(B, 2)`` ``(cx, cy)`` in pixels.
+        grid: ``(N, 2)`` pixel coordinates ``(x, y)``.
+
+    Returns:
+        ``(B, N, 3)`` points ``(d (x - cx) / f, d (y - cy) / f, d)`` (same evaluation order as the official code).
+    """
+    centred = grid[None].to(depth.dtype) - principal_point[:, None, :]
+    d = depth[..., None]
+    return torch.cat((d * centred / focal[:, None, None], d), dim=-1)
+
+
+def procrustes(source: Tensor, target: Tensor, weights: Tensor, *, batched: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted similarity registration ``target ~ s R source + t`` (Umeyama, via roma).
+
+    Args:
+        source, target: ``(..., 3)`` corresponding points; every leading dim is flattened into the point list
+            (pass an ``(H, W, 3)`` pointmap as is), except the first one when ``batched``.
+        weights: non-negative weights of shape ``source.shape[:-1]``.
+        batched: solve one registration per entry of the first dim.
+
+    Returns:
+        ``(s, R, t)``: scale ``()``, rotation ``(3, 3)`` and translation ``(3,)``, each with a leading ``(B,)``
+        when ``batched``.
+    """
+    if batched:
+        b = source.shape[0]
+        x, y, w = source.reshape(b, -1, 3), target.reshape(b, -1, 3), weights.reshape(b, -1)
+    else:
+        x, y, w = source.reshape(-1, 3), target.reshape(-1, 3), weights.reshape(-1)
+    rot, trans, scale = roma.rigid_points_registration(x, y, weights=w, compute_scaling=True)
+    return scale, rot, trans
+
+
+def sim3_matrix(scale: Tensor | float, rotation: Tensor, translation: Tensor) -> Tensor:
+    """``[s R | t]`` as a ``(..., 4, 4)`` matrix (the translation is not multiplied by ``s``)."""
+    rotation = torch.as_tensor(rotation)
+    scale = torch.as_tensor(scale, dtype=rotation.dtype, device=rotation.device)
+    out = torch.zeros(rotation.shape[:-2] + (4, 4), dtype=rotation.dtype, device=rotation.device)
+    out[..., :3, :3] = rotation * scale[..., None, None]
+    out[..., :3, 3] = translation
+    out[..., 3, 3] = 1
+    return out
+
+
+def apply_sim3(scale: Tensor, rotation: Tensor, translation: Tensor, points: Tensor) -> Tensor:
+    """``s R p + t`` for ``(..., 3)`` points and a single similarity."""
+    return scale * points @ rotation.transpose(-1, -2) + translation
+
+
+def estimate_focal(points: Tensor, principal_point: Tensor | None = None, iterations: int = 10) -> Tensor:
+    """Focal length (px) that best explains camera-frame points, by Weiszfeld (robust L1) iterations.
+
+    Minimises ``sum_p || p~ - f (x/z, y/z) ||`` over ``f``, where ``p~`` is the pixel minus the principal point:
+    starts from the L2 closed form ``mean(<p~, u>) / mean(|u|^2)`` and runs ``iterations`` re-weighted steps with
+    weights ``1 / max(residual, 1e-8)``; the result is clipped below at 0.
+
+    Args:
+        points: ``(H, W, 3)`` or ``(B, H, W, 3)`` points in the camera frame (float32).
+        principal_point: ``(2,)`` or ``(B, 2)``; default ``(W/2, H/2)``.
+        iterations: number of re-weighted iterations (official: 10).
+
+    Returns:
+        ``()`` or ``(B,)`` focal lengths, same dtype as ``points``.
+    """
+    single = points.ndim == 3
+    if single:
+        points = points[None]
+    b, h, w, _ = points.shape
+    if principal_point is None:
+        principal_point = torch.tensor((w / 2, h / 2), device=points.device)
+    pp = principal_point.reshape(-1, 1, 2).to(points.dtype)
+    pixels = pixel_grid(h, w, device=points.device).reshape(1, -1, 2) - pp  # (B|1, HW, 2)
+    flat = points.reshape(b, -1, 3)
+    # points at z = 0 or with NaN give non-finite projections; the official code zeroes them out of both sums.
+    uv = (flat[..., :2] / flat[..., 2:3]).nan_to_num(posinf=0.0, neginf=0.0)
+    dot_uv_px = (uv * pixels).sum(dim=-1)
+    dot_uv_uv = uv.square().sum(dim=-1)
+    focal = dot_uv_px.mean(dim=1) / dot_uv_uv.mean(dim=1)
+    for _ in range(iterations):
+        residual = (pixels - focal.view(-1, 1, 1) * uv).norm(dim=-1)
+        weight = residual.clip(min=1e-8).reciprocal()
+        focal = (weight * dot_uv_px).mean(dim=1) / (weight * dot_uv_uv).mean(dim=1)
+    focal = focal.clip(min=0.0)
+    return focal[0] if single else focal
+
+
+def _pose_anchor_points(poses: Tensor) -> Tensor:
+    """Camera centres plus points one small step along each camera's x and z axes: ``(3T, 3)``.
+
+    The axis points make the registration of two trajectories well posed even when the centres are collinear
+    (straight-line motion) or few; the step is 1 % of the median inter-camera distance so that it scales with
+    the trajectory's own units.
+    """
+    centres = poses[:, :3, 3]
+    dist = torch.cdist(centres, centres)
+    n = len(centres)
+    off_diag = dist[~torch.eye(n, dtype=torch.bool, device=poses.device)]
+    step = off_diag.median() / 100 if n > 1 else centres.new_tensor(0.0)
+    if not torch.isfinite(step) or step <= 0:
+        step = centres.new_tensor(1e-2)
+    return torch.cat((centres, centres + step * poses[:, :3, 0], centres + step * poses[:, :3, 2]))
+
+
+def align_poses_sim3(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Similarity ``(s, R, t)`` mapping the camera trajectory ``source`` onto ``target`` (both ``(T, 4, 4)``
+    cam-to-world), fitted on camera centres and short axis segments (see :func:`_pose_anchor_points`).
+
+    Returns:
+        ``s ()``, ``R (3, 3)``, ``t (3,)`` such that ``s R c_src + t ~ c_tgt`` for the camera centres.
+    """
+    src = _pose_anchor_points(source)
+    tgt = _pose_anchor_points(target)
+    rot, trans, scale = roma.rigid_points_registration(src, tgt, compute_scaling=True)
+    return scale, rot, trans

@@ -1,0 +1,282 @@
+"""Minimum-spanning-tree initialisation of the global alignment (DUSt3R / MonST3R ``init='mst'``).
+
+The pairwise pointmaps are chained along the maximum-confidence spanning tree of the pair graph: starting from the
+strongest pair, every tree edge registers (weighted Procrustes with scale) the new frame's pointmap onto the
+already placed one. This module reproduces the official algorithm **including its quirks**, because they decide the
+initial state and hence the optimised result:
+
+* the focal of a frame met for the first time as view 1 of a tree edge is estimated from the ``pred_i`` of the
+  *previously processed* edge (a stale loop variable in the reference code);
+* only the first image of each tree edge (its view 1) receives a pose from the tree; every frame left without one
+  is posed by RANSAC-PnP on its chained points (``cv2.solvePnPRansac`` with SQPnP), identity when that fails;
+* frames never met as view 1 of a tree edge get their focal from the best-scoring edge where they are view 1.
+
+Everything here runs under ``torch.no_grad``; the tensors stay on the inputs' device except for the scipy graph
+step (scalars) and OpenCV's PnP (one frame's points, copied to host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from torch import Tensor
+
+from ..errors import Easi3RInputError
+from .geometry import estimate_focal, procrustes, sim3_matrix, transform_points
+
+__all__ = ["MSTEdge", "MSTInit", "edge_scores", "image_confidence", "mst_initialisation", "ransac_pnp"]
+
+
+@dataclass(frozen=True)
+class MSTEdge:
+    """One step of the tree walk, as the official verbose log prints it (``*`` marks a frame placed by this step).
+
+    Attributes:
+        i, j: frames of the directed edge (view 1, view 2).
+        score: ``mean(conf_i) * mean(conf_j)`` of that edge.
+        placed_i, placed_j: whether this step placed frame ``i`` / ``j`` (both for the root edge).
+    """
+
+    i: int
+    j: int
+    score: float
+    placed_i: bool
+    placed_j: bool
+
+    def __str__(self) -> str:
+        return f"({self.i}{'*' if self.placed_i else ''},{self.j}{'*' if self.placed_j else ''}) {self.score:.3f}"
+
+
+@dataclass
+class MSTInit:
+    """Result of :func:`mst_initialisation` (before the pairwise-pose fit and the scale normalisation).
+
+    Attributes:
+        points: ``(T, H, W, 3)`` chained world points of every frame (the root frame's camera is the world).
+        focals: ``T`` focal lengths in pixels (Python floats, as the reference keeps them).
+        cam2world: ``(T, 4, 4)`` initial camera-to-world poses (rotation + translation, no scale).
+        log: the tree walk in processing order (root first).
+        pnp_frames: frames whose pose came from RANSAC-PnP (or the override), in frame order.
+        pnp_results: the cam-to-world returned for each of ``pnp_frames`` (None where PnP failed).
+    """
+
+    points: Tensor
+    focals: list[float]
+    cam2world: Tensor
+    log: list[MSTEdge] = field(default_factory=list)
+    pnp_frames: list[int] = field(default_factory=list)
+    pnp_results: dict[int, Tensor | None] = field(default_factory=dict)
+
+
+def image_confidence(edges: Tensor, conf_i: Tensor, conf_j: Tensor, n_frames: int) -> Tensor:
+    """Per-frame confidence ``im_conf``: elementwise max of every raw confidence map of the frame (both roles).
+
+    Args:
+        edges: ``(P, 2)`` int64 ``(i, j)``.
+        conf_i, conf_j: ``(P, H, W)`` raw confidences of view 1 / view 2.
+        n_frames: ``T``.
+
+    Returns:
+        ``(T, H, W)``; zeros for a frame that appears in no edge.
+    """
+    out = conf_i.new_zeros((n_frames,) + tuple(conf_i.shape[1:]))
+    flat = out.reshape(n_frames, -1)
+    for idx, conf in ((edges[:, 0], conf_i), (edges[:, 1], conf_j)):
+        flat.scatter_reduce_(0, idx[:, None].expand(-1, flat.shape[1]), conf.reshape(len(idx), -1), "amax")
+    return out
+
+
+def edge_scores(conf_i: Tensor, conf_j: Tensor) -> Tensor:
+    """Pair score ``mean(conf_i) * mean(conf_j)`` per edge: ``(P,)`` in the inputs' dtype."""
+    return conf_i.flatten(1).mean(dim=1) * conf_j.flatten(1).mean(dim=1)
+
+
+def ransac_pnp(
+    points: Tensor,
+    focal: float | None,
+    mask: Tensor,
+    *,
+    iterations: int = 10,
+    reprojection_error: float = 5.0,
+) -> tuple[float, Tensor] | None:
+    """Camera pose of a frame from its world pointmap, by RANSAC-PnP (OpenCV SQPnP).
+
+    Pixel ``(x, y)`` of the integer grid is assumed to see ``points[y, x]``; the principal point is ``(W/2, H/2)``.
+
+    Args:
+        points: ``(H, W, 3)`` world points of the frame.
+        focal: focal length in pixels; None tries 21 focals geometrically spaced in ``[S/2, 3S]``
+            (``S = max(H, W)``) and keeps the one with most inliers.
+        mask: ``(H, W)`` bool, the points to use.
+        iterations: RANSAC iterations. ``reprojection_error``: inlier threshold in pixels.
+
+    Returns:
+        ``(focal, cam2world (4, 4))`` in the dtype and device of ``points``, or None with fewer than 4 points or
+        when OpenCV finds no solution.
+    """
+    if int(mask.sum()) < 4:
+        return None
+    pts = points.detach().cpu().numpy().astype(np.float32, copy=False)
+    msk = mask.detach().cpu().numpy().astype(bool)
+    h, w, _ = pts.shape
+    pixels = np.stack(np.meshgrid(np.arange(w), np.arange(h), indexing="xy"), axis=-1).astype(np.float32)
+    candidates = [float(focal)] if focal is not None else list(np.geomspace(max(w, h) / 2, max(w, h) * 3, 21))
+    best: tuple[int, np.ndarray, np.ndarray, float] | None = None
+    obj, img = pts[msk], pixels[msk]
+    for f in candidates:
+        K = np.float32([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)])
+        ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+            obj, img, K, None, iterationsCount=iterations, reprojectionError=reprojection_error,
+            flags=cv2.SOLVEPNP_SQPNP,
+        )
+        if not ok or inliers is None:
+            continue
+        if best is None or len(inliers) > best[0]:
+            best = (len(inliers), rvec, tvec, f)
+    if best is None or best[0] == 0:
+        return None
+    _, rvec, tvec, f = best
+    world2cam = torch.eye(4, dtype=points.dtype, device=points.device)
+    world2cam[:3, :3] = torch.from_numpy(cv2.Rodrigues(rvec)[0])
+    world2cam[:3, 3] = torch.from_numpy(tvec.ravel())
+    return f, torch.linalg.inv(world2cam)
+
+
+def _sparse_graph(edges: list[tuple[int, int]], scores: list[float], n_frames: int) -> sp.dok_array:
+    # The official code keys a dict by edge and fills a dok_array in edge order, then negates it; keeping the same
+    # container keeps the same key order (which decides ties in the focal fallback below).
+    graph = sp.dok_array((n_frames, n_frames))
+    for (i, j), s in zip(edges, scores):
+        graph[i, j] = s
+    return -graph
+
+
+@torch.no_grad()
+def mst_initialisation(
+    edges: Tensor,
+    pts_i: Tensor,
+    pts_j: Tensor,
+    conf_i: Tensor,
+    conf_j: Tensor,
+    im_conf: Tensor,
+    *,
+    min_conf_thr: float = 2.5,
+    pnp_iterations: int = 10,
+    pnp_reprojection_error: float = 5.0,
+    pnp_override: dict[int, Tensor] | None = None,
+    known_focals: list[float] | None = None,
+) -> MSTInit:
+    """Chain the pairwise pointmaps along the maximum-confidence spanning tree (official ``init='mst'``).
+
+    Args:
+        edges: ``(P, 2)`` int64 directed edges ``(i, j)``.
+        pts_i, pts_j: ``(P, H, W, 3)`` view-1 / view-2 points in view 1's camera frame.
+        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+        im_conf: ``(T, H, W)`` per-frame max confidence (:func:`image_confidence`); masks the PnP points.
+        min_conf_thr: PnP uses the pixels with ``im_conf > min_conf_thr``.
+        pnp_iterations, pnp_reprojection_error: RANSAC settings.
+        pnp_override: frame -> ``(4, 4)`` cam-to-world used instead of PnP's result for that frame (testing hook:
+            RANSAC with 10 iterations is chaotic under 1e-5 input changes).
+        known_focals: ``T`` focals in pixels replacing every estimate (pinned intrinsics).
+
+    Returns:
+        :class:`MSTInit`.
+
+    Raises:
+        Easi3RInputError: the pair graph does not connect all frames.
+    """
+    n_frames = im_conf.shape[0]
+    device, dtype = pts_i.device, pts_i.dtype
+    edge_list = [(int(i), int(j)) for i, j in edges.tolist()]
+    # A repeated edge keeps its last occurrence, as the official dict keyed by "i_j" does.
+    index = {e: k for k, e in enumerate(edge_list)}
+    scores_t = edge_scores(conf_i, conf_j)
+    unique = list(index)
+    scores = [float(scores_t[index[e]]) for e in unique]
+
+    graph = _sparse_graph(unique, scores, n_frames)
+    n_comp, _ = connected_components(graph.tocsr(), directed=False)
+    if n_comp != 1:
+        raise Easi3RInputError(f"edges must connect all {n_frames} frames, got {n_comp} separate groups")
+    tree = minimum_spanning_tree(graph).tocoo()
+    todo = sorted(zip((-tree.data).tolist(), tree.row.tolist(), tree.col.tolist()))
+
+    def focal_of(frame: int, key: tuple[int, int]) -> float:
+        if known_focals is not None:
+            return float(known_focals[frame])
+        return float(estimate_focal(pts_i[index[key]]))
+
+    points: list[Tensor | None] = [None] * n_frames
+    poses: list[Tensor | None] = [None] * n_frames
+    focals: list[float | None] = [None] * n_frames
+    log: list[MSTEdge] = []
+
+    score, i, j = todo.pop()
+    key = (i, j)
+    points[i] = pts_i[index[key]].clone()
+    points[j] = pts_j[index[key]].clone()
+    poses[i] = torch.eye(4, dtype=dtype, device=device)
+    focals[i] = focal_of(i, key)
+    done = {i, j}
+    log.append(MSTEdge(i, j, score, True, True))
+
+    while todo:
+        score, i, j = todo.pop()
+        if focals[i] is None:
+            # Quirk kept on purpose: `key` is still the previous edge here (stale variable in the reference).
+            focals[i] = focal_of(i, key)
+        if i in done or j in done:
+            key = (i, j)
+            e = index[key]
+            if i in done:
+                s, R, T = procrustes(pts_i[e], points[i], conf_i[e])
+                points[j] = transform_points(sim3_matrix(s, R, T), pts_j[e])
+                done.add(j)
+                log.append(MSTEdge(i, j, score, placed_i=False, placed_j=True))
+            else:
+                s, R, T = procrustes(pts_j[e], points[j], conf_j[e])
+                points[i] = transform_points(sim3_matrix(s, R, T), pts_i[e])
+                done.add(i)
+                log.append(MSTEdge(i, j, score, placed_i=True, placed_j=False))
+            # Both branches give view 1's camera-to-world: pred_i and pred_j live in camera i's frame.
+            if poses[i] is None:
+                poses[i] = sim3_matrix(1.0, R, T)
+        else:
+            todo.insert(0, (score, i, j))
+
+    # Frames never met as view 1 of a tree edge: focal from their best-scoring edge as view 1.
+    neg = list(graph.values())
+    keys = np.array(list(graph.keys()))[np.argsort(neg)]
+    for i, j in keys.tolist():
+        if focals[i] is None:
+            focals[i] = focal_of(i, (i, j))
+
+    pnp_frames: list[int] = []
+    pnp_results: dict[int, Tensor | None] = {}
+    override = pnp_override or {}
+    for t in range(n_frames):
+        if poses[t] is not None:
+            continue
+        pnp_frames.append(t)
+        if t in override:
+            pose = torch.as_tensor(override[t]).to(device=device, dtype=dtype)
+            pnp_results[t] = pose
+            poses[t] = pose
+            continue
+        res = ransac_pnp(points[t], focals[t], im_conf[t] > min_conf_thr, iterations=pnp_iterations,
+                         reprojection_error=pnp_reprojection_error)
+        pnp_results[t] = None if res is None else res[1]
+        if res is not None:
+            focals[t], poses[t] = res
+        else:
+            poses[t] = torch.eye(4, dtype=dtype, device=device)
+
+    # A frame that is view 2 only and whose PnP sweep failed has no focal: fall back to the default init value.
+    h, w = pts_i.shape[1:3]
+    final_focals = [float(max(h, w)) if f is None else float(f) for f in focals]
+    return MSTInit(torch.stack(points), final_focals, torch.stack(poses), log, pnp_frames, pnp_results)

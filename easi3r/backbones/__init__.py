@@ -1,0 +1,21 @@
+"""Pointmap networks behind Easi3R: the adapter contract, the DUSt3R/MonST3R network and the loaders."""
+
+from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction, ScoreMatrixRecorder
+from .dust3r import DUSt3R, DUSt3RConfig
+from .registry import PRETRAINED, PretrainedCfg, create_backbone, list_backbones, load_backbone, load_weights
+
+__all__ = [
+    "PRETRAINED",
+    "Backbone",
+    "CrossAttentionReadout",
+    "DUSt3R",
+    "DUSt3RConfig",
+    "EncodedImages",
+    "PairPrediction",
+    "PretrainedCfg",
+    "ScoreMatrixRecorder",
+    "create_backbone",
+    "list_backbones",
+    "load_backbone",
+    "load_weights",
+]

@@ -1,0 +1,151 @@
+"""Prediction heads of DUSt3R: the DPT head, the linear head, and the exp post-processing.
+
+Both heads map decoder tokens of one view to a ``(B, 4, H, W)`` raw map (xyz + confidence logit), which
+:func:`postprocess` turns into points and confidences:
+
+.. math:: \\mathbf{p} = \\frac{\\mathbf{x}}{\\max(\\lVert\\mathbf{x}\\rVert, 10^{-8})}\\,(e^{\\lVert\\mathbf{x}\\rVert} - 1),
+          \\qquad c = 1 + e^{x_c}.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["DPTHead", "LinearHead", "postprocess"]
+
+
+def postprocess(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """``raw (B, 4, H, W)`` -> points ``(B, H, W, 3)`` (depth_mode ('exp', -inf, inf)) and confidence ``(B, H, W)``
+    (conf_mode ('exp', 1, inf)), both float32."""
+    fmap = raw.permute(0, 2, 3, 1)
+    xyz = fmap[..., :3]
+    d = xyz.norm(dim=-1, keepdim=True)
+    pts = xyz / d.clip(min=1e-8) * torch.expm1(d)
+    conf = 1 + fmap[..., 3].exp()
+    return pts, conf
+
+
+class _ResidualConvUnit(nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+
+
+class _FusionBlock(nn.Module):
+    """RefineNet fusion: ``out_conv(up2(rcu2(a [+ rcu1(b)])))`` with align_corners=True upsampling."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        # out_conv first: the official key order lists it before the residual units.
+        self.out_conv = nn.Conv2d(features, features, 1, bias=True)
+        self.resConfUnit1 = _ResidualConvUnit(features)
+        self.resConfUnit2 = _ResidualConvUnit(features)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        if skip is not None:
+            x = x + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class _Scratch(nn.Module):
+    def __init__(self, layer_dims: tuple[int, ...], features: int) -> None:
+        super().__init__()
+        self.layer1_rn = nn.Conv2d(layer_dims[0], features, 3, padding=1, bias=False)
+        self.layer2_rn = nn.Conv2d(layer_dims[1], features, 3, padding=1, bias=False)
+        self.layer3_rn = nn.Conv2d(layer_dims[2], features, 3, padding=1, bias=False)
+        self.layer4_rn = nn.Conv2d(layer_dims[3], features, 3, padding=1, bias=False)
+        # The official module also lists the same convs as ``layer_rn.{0..3}``: checkpoints carry both names.
+        self.layer_rn = nn.ModuleList([self.layer1_rn, self.layer2_rn, self.layer3_rn, self.layer4_rn])
+        self.refinenet1 = _FusionBlock(features)
+        self.refinenet2 = _FusionBlock(features)
+        self.refinenet3 = _FusionBlock(features)
+        self.refinenet4 = _FusionBlock(features)
+
+
+class _Interpolate(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class _DPT(nn.Module):
+    def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], features: int, last_dim: int,
+                 out_channels: int) -> None:
+        super().__init__()
+        self.scratch = _Scratch(layer_dims, features)
+        self.head = nn.Sequential(
+            nn.Conv2d(features, features // 2, 3, padding=1),
+            _Interpolate(),
+            nn.Conv2d(features // 2, last_dim, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(last_dim, out_channels, 1),
+        )
+        self.act_postprocess = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(token_dims[0], layer_dims[0], 1),
+                          nn.ConvTranspose2d(layer_dims[0], layer_dims[0], 4, stride=4)),
+            nn.Sequential(nn.Conv2d(token_dims[1], layer_dims[1], 1),
+                          nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2)),
+            nn.Sequential(nn.Conv2d(token_dims[2], layer_dims[2], 1)),
+            nn.Sequential(nn.Conv2d(token_dims[3], layer_dims[3], 1),
+                          nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1)),
+        ])
+
+
+class DPTHead(nn.Module):
+    """DPT head on four hooked token maps (state-dict prefix ``dpt.``).
+
+    Args:
+        enc_dim: encoder width (hook 0 is the encoder output). dec_dim: decoder width (the other hooks).
+        dec_depth: number of decoder layers L; hooks are ``[0, L*2//4, L*3//4, L]`` into
+            ``[encoder, dec_1, ..., dec_{L-1}, dec_norm(dec_L)]``.
+        patch_size: token size in pixels.
+    """
+
+    layer_dims = (96, 192, 384, 768)
+    features = 256
+    last_dim = 128
+
+    def __init__(self, enc_dim: int, dec_dim: int, dec_depth: int, patch_size: int = 16, out_channels: int = 4):
+        super().__init__()
+        self.hooks = (0, dec_depth * 2 // 4, dec_depth * 3 // 4, dec_depth)
+        self.patch_size = patch_size
+        self.dpt = _DPT((enc_dim, dec_dim, dec_dim, dec_dim), self.layer_dims, self.features, self.last_dim,
+                        out_channels)
+
+    def forward(self, tokens: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+        """``tokens``: the ``L+1`` per-layer token maps ``(B, N, C_l)``; returns the raw ``(B, 4, H, W)`` map."""
+        h, w = image_size[0] // self.patch_size, image_size[1] // self.patch_size
+        dpt = self.dpt
+        layers = []
+        for i, hook in enumerate(self.hooks):
+            x = tokens[hook]
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+            layers.append(dpt.scratch.layer_rn[i](dpt.act_postprocess[i](x)))
+        # Crop: with an odd token grid the stride-2 level upsamples one row/column too many.
+        path = dpt.scratch.refinenet4(layers[3])[:, :, : layers[2].shape[2], : layers[2].shape[3]]
+        path = dpt.scratch.refinenet3(path, layers[2])
+        path = dpt.scratch.refinenet2(path, layers[1])
+        path = dpt.scratch.refinenet1(path, layers[0])
+        return dpt.head(path)
+
+
+class LinearHead(nn.Module):
+    """Linear head: one ``Linear(dec_dim -> 4 * p^2)`` per token, pixel-shuffled to full resolution."""
+
+    def __init__(self, dec_dim: int, patch_size: int = 16, out_channels: int = 4) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(dec_dim, out_channels * patch_size**2)
+
+    def forward(self, tokens: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+        h, w = image_size[0] // self.patch_size, image_size[1] // self.patch_size
+        x = self.proj(tokens[-1])
+        x = x.transpose(-1, -2).reshape(x.shape[0], -1, h, w)
+        return F.pixel_shuffle(x, self.patch_size)

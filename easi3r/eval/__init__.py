@@ -1,0 +1,43 @@
+"""Evaluation toolkit: DAVIS mask scores (JM/JR), trajectory errors (ATE/RTE/RRE), 4D point metrics.
+
+The protocols reproduce the official Easi3R evaluation scripts (see each module's docstring).
+"""
+
+from __future__ import annotations
+
+from .masks import (
+    DAVIS16,
+    DAVIS17,
+    MaskScores,
+    SequenceScore,
+    evaluate_masks,
+    iou,
+    jm_jr,
+    read_davis_gt,
+    read_pred_masks,
+    subset_sequences,
+)
+from .points import accuracy_completeness, distance, dycheck_point_metrics, point_metrics, unproject_depth
+from .poses import PoseMetrics, align_trajectory, pose_metrics, umeyama_sim3
+
+__all__ = [
+    "DAVIS16",
+    "DAVIS17",
+    "MaskScores",
+    "PoseMetrics",
+    "SequenceScore",
+    "accuracy_completeness",
+    "align_trajectory",
+    "distance",
+    "dycheck_point_metrics",
+    "evaluate_masks",
+    "iou",
+    "jm_jr",
+    "point_metrics",
+    "pose_metrics",
+    "read_davis_gt",
+    "read_pred_masks",
+    "subset_sequences",
+    "umeyama_sim3",
+    "unproject_depth",
+]

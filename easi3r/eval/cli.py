@@ -1,0 +1,151 @@
+"""Command line of the evaluation toolkit: ``easi3r eval masks`` and ``easi3r eval poses``.
+
+:func:`add_eval_parser` registers ``eval`` on the main CLI's subparsers; :func:`main` runs the same
+sub-commands directly (``main(["masks", "--pred", ..., "--gt", ...])``). Every command's ``func`` takes the
+parsed namespace and returns an exit code; input errors print one line on stderr and return 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import Easi3RInputError
+from ..export.tum import read_tum
+from .masks import SUBSETS, evaluate_masks
+from .poses import pose_metrics
+
+__all__ = ["add_eval_parser", "main"]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned first column, right-aligned numbers."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [str(row[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "  ".join(cells)
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join([fmt(header), rule, *(fmt(r) for r in rows)])
+
+
+def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    except OSError as exc:
+        raise Easi3RInputError(f"cannot write JSON file {path}: {exc}") from None
+
+
+def _mask_row(name: str, n_frames: int, jm: float, jr: float) -> list[str]:
+    return [name, str(n_frames), f"{100 * jm:.2f}", f"{100 * jr:.2f}"]
+
+
+def _run_masks(args: argparse.Namespace) -> int:
+    scores = evaluate_masks(args.pred, args.gt, sequences=args.subset, mode=args.mode)
+    body = [_mask_row(n, s.n_frames, s.jm, s.jr) for n, s in scores.per_sequence.items()]
+    label = "all (frame-pooled)" if scores.mode == "pooled" else "all (mean of sequences)"
+    body.append(_mask_row(label, scores.n_frames, scores.jm, scores.jr))
+    print(_table(["sequence", "frames", "JM", "JR"], body))
+    _write_json(args.json, scores.as_dict())
+    return 0
+
+
+def _run_poses(args: argparse.Namespace) -> int:
+    _, pred = read_tum(args.pred, scalar_first=args.pred_scalar_first)
+    _, gt = read_tum(args.gt, scalar_first=args.gt_scalar_first)
+    if len(pred) != len(gt):
+        raise Easi3RInputError(
+            f"{args.pred} holds {len(pred)} poses but {args.gt} holds {len(gt)}; poses are matched by order"
+        )
+    m = pose_metrics(pred, gt)
+    print(
+        _table(
+            ["poses", "ATE", "RTE", "RRE (deg)", "scale"],
+            [[str(len(gt)), f"{m.ate:.6f}", f"{m.rte:.6f}", f"{m.rre_deg:.6f}", f"{m.scale:.6g}"]],
+        )
+    )
+    _write_json(args.json, {"n_poses": len(gt), **m.as_dict()})
+    return 0
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def func(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except Easi3RInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return func
+
+
+def _add_commands(sub: Any) -> None:
+    masks = sub.add_parser(
+        "masks",
+        help="JM / JR of dynamic masks against DAVIS annotations",
+        description="Score predicted dynamic masks against DAVIS-2017 annotations (object labels merged). "
+        "JM / JR are printed x100. The default 'pooled' mode is the Easi3R paper's protocol "
+        "(statistics over all frames of all sequences pooled).",
+    )
+    masks.add_argument("--pred", required=True, help="holds <seq>/masks/*.png or <seq>/dynamic_mask_<i>.png")
+    masks.add_argument("--gt", required=True, help="DAVIS root holding Annotations/480p/<seq>/")
+    masks.add_argument("--mode", choices=("pooled", "per_sequence"), default="pooled")
+    masks.add_argument(
+        "--subset", choices=SUBSETS, default=None, help="sequences to score (default: every folder in --pred)"
+    )
+    masks.add_argument("--json", default=None, metavar="FILE", help="also write the scores as JSON")
+    masks.set_defaults(func=_guarded(_run_masks))
+
+    poses = sub.add_parser(
+        "poses",
+        help="ATE / RTE / RRE of a trajectory after Sim(3) alignment",
+        description="Compare two TUM trajectories (camera-to-world, matched by order) after a Sim(3) Umeyama "
+        "alignment of the camera centres; RPE over consecutive frames.",
+    )
+    poses.add_argument("--pred", required=True, metavar="FILE", help="estimated trajectory (TUM)")
+    poses.add_argument("--gt", required=True, metavar="FILE", help="ground-truth trajectory (TUM)")
+    poses.add_argument(
+        "--pred-scalar-first", action="store_true", help="--pred is the official pred_traj.txt (qw qx qy qz)"
+    )
+    poses.add_argument("--gt-scalar-first", action="store_true", help="--gt quaternions are qw qx qy qz")
+    poses.add_argument("--json", default=None, metavar="FILE", help="also write the metrics as JSON")
+    poses.set_defaults(func=_guarded(_run_poses))
+
+
+def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``eval masks`` and ``eval poses`` on an ``argparse`` subparsers object.
+
+    Args:
+        subparsers: the object returned by ``parser.add_subparsers()`` of the main CLI.
+
+    Returns:
+        The ``eval`` parser. Parsed sub-commands carry ``func(args) -> int``.
+    """
+    parser = subparsers.add_parser("eval", help="evaluation metrics (DAVIS masks, camera trajectories)")
+    sub = parser.add_subparsers(dest="eval_command", metavar="{masks,poses}", required=True)
+    _add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run an evaluation sub-command, e.g. ``main(["poses", "--pred", "a.tum", "--gt", "b.tum"])``.
+
+    Returns:
+        The exit code: 0 on success, 2 on bad input (message on stderr).
+    """
+    parser = argparse.ArgumentParser(prog="easi3r eval", description="easi3r evaluation metrics")
+    sub = parser.add_subparsers(dest="eval_command", metavar="{masks,poses}", required=True)
+    _add_commands(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

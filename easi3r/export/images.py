@@ -1,0 +1,234 @@
+"""Per-frame PNG exports: binary masks, colour-mapped attention strips, processed frames.
+
+Images are RGB ``uint8`` arrays ``(H, W, 3)`` (or grey ``(H, W)``); each PNG is encoded in memory with
+OpenCV (a standard RGB PNG on disk) and its bytes are written atomically, one file at a time.
+
+Attention strip layout (:data:`ATTENTION_PANELS`, left to right, each panel ``H x W``):
+
+1. ``1 - src_mean``  2. ``src_std``  3. ``1 - ref_mean``  4. ``ref_std``  5. ``dynamic_map``
+6. the frame with the dynamic mask tinted red.
+
+Panels 1-5 are the token-grid maps nearest-upsampled to ``(H, W)`` and coloured with matplotlib's
+``Spectral_r`` on the fixed range [0, 1] (the maps are already normalised; a fixed range keeps colours
+comparable across frames). Means are drawn as ``1 - mean`` as the official visualisation does, so that
+in every panel red (high) points towards "dynamic".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib import colormaps
+
+from ..errors import Easi3RInputError
+from .atomic import atomic_write_bytes
+
+__all__ = [
+    "ATTENTION_PANELS",
+    "attention_strip",
+    "colorize",
+    "encode_png",
+    "frame_filename",
+    "mask_overlay",
+    "remove_stale_frames",
+    "upsample_nearest",
+    "write_frame_pngs",
+    "write_image_pngs",
+    "write_mask_pngs",
+    "write_png",
+]
+
+ATTENTION_PANELS: tuple[str, ...] = (
+    "1 - src_mean",
+    "src_std",
+    "1 - ref_mean",
+    "ref_std",
+    "dynamic_map",
+    "mask overlay",
+)
+
+MASK_TINT: tuple[int, int, int] = (255, 0, 0)
+
+
+def frame_filename(index: int, suffix: str = ".png") -> str:
+    """Zero-padded frame file name: ``frame_filename(7) == "00007.png"`` (wider past 99999 frames)."""
+    return f"{index:05d}{suffix}"
+
+
+def colorize(
+    values: np.ndarray, cmap: str = "Spectral_r", vmin: float = 0.0, vmax: float = 1.0
+) -> np.ndarray:
+    """Map scalars to RGB with a matplotlib colormap.
+
+    Args:
+        values: ``(...)`` float array. Values outside ``[vmin, vmax]`` are clipped; NaN maps to black.
+        cmap: matplotlib colormap name.
+        vmin, vmax: value range mapped onto the colormap.
+
+    Returns:
+        ``(..., 3)`` uint8 RGB (the colormap's alpha is dropped).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    scale = vmax - vmin if vmax > vmin else 1.0
+    normed = np.clip((v - vmin) / scale, 0.0, 1.0)
+    rgb = colormaps[cmap](normed)[..., :3]
+    rgb[np.isnan(v)] = 0.0
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def upsample_nearest(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a token-grid map ``(h, w)`` to ``size = (H, W)``.
+
+    Each output pixel ``(y, x)`` takes the grid cell ``(floor(y*h/H), floor(x*w/W))``, the rule of
+    ``torch.nn.functional.interpolate(mode="nearest")`` used by the official visualisation.
+    """
+    grid = np.asarray(grid)
+    H, W = size
+    h, w = grid.shape[:2]
+    rows = (np.arange(H) * h) // H
+    cols = (np.arange(W) * w) // W
+    return grid[rows[:, None], cols[None, :]]
+
+
+def mask_overlay(
+    image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = MASK_TINT, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend ``color`` into the masked pixels of an image.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        mask: ``(H, W)`` bool.
+        color: RGB tint in 0..255.
+        alpha: tint opacity in [0, 1].
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB; unmasked pixels are unchanged.
+    """
+    image = np.asarray(image)
+    mask = np.asarray(mask, dtype=bool)
+    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise Easi3RInputError(
+            f"mask_overlay expects image (H,W,3) and mask (H,W), got {image.shape} and {mask.shape}"
+        )
+    out = image.copy()
+    tint = np.asarray(color, dtype=np.float32)
+    out[mask] = np.round((1.0 - alpha) * image[mask].astype(np.float32) + alpha * tint).astype(np.uint8)
+    return out
+
+
+def attention_strip(
+    attention: Mapping[str, np.ndarray],
+    dynamic_map: np.ndarray,
+    image: np.ndarray,
+    mask: np.ndarray,
+    cmap: str = "Spectral_r",
+) -> np.ndarray:
+    """One frame's attention panels side by side (order in :data:`ATTENTION_PANELS`).
+
+    Args:
+        attention: ``src_mean, src_std, ref_mean, ref_std``, each ``(h, w)`` float in [0, 1].
+        dynamic_map: ``(h, w)`` float in [0, 1].
+        image: ``(H, W, 3)`` uint8 RGB frame.
+        mask: ``(H, W)`` bool dynamic mask.
+        cmap: colormap of the five map panels.
+
+    Returns:
+        ``(H, 6*W, 3)`` uint8 RGB.
+    """
+    size = image.shape[:2]
+    maps = (
+        1.0 - np.asarray(attention["src_mean"], dtype=np.float32),
+        attention["src_std"],
+        1.0 - np.asarray(attention["ref_mean"], dtype=np.float32),
+        attention["ref_std"],
+        dynamic_map,
+    )
+    panels = [colorize(upsample_nearest(m, size), cmap) for m in maps]
+    panels.append(mask_overlay(image, mask))
+    return np.concatenate(panels, axis=1)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8 image."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise Easi3RInputError(f"PNG export expects uint8 (H,W) or (H,W,3), got {image.dtype} {image.shape}")
+    bgr = image if image.ndim == 2 else np.ascontiguousarray(image[..., ::-1])
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError(f"OpenCV could not encode a PNG of shape {image.shape}")
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    """Write a grey ``(H, W)`` or RGB ``(H, W, 3)`` uint8 image as PNG, atomically."""
+    return atomic_write_bytes(path, encode_png(image))
+
+
+def remove_stale_frames(
+    folder: str | os.PathLike[str], keep: Iterable[str], suffix: str = ".png"
+) -> list[Path]:
+    """Delete frame files ``NNNNN<suffix>`` in ``folder`` that are not in ``keep``.
+
+    A second ``save`` of a shorter video into the same folder would otherwise leave the previous run's
+    extra frames behind, and a reader globbing ``masks/*.png`` would mix two results. Only names made
+    entirely of digits plus ``suffix`` are touched; anything else the user put there is kept.
+    """
+    keep_set = set(keep)
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        stem = p.name[: -len(suffix)] if p.name.endswith(suffix) else ""
+        if stem.isdigit() and p.name not in keep_set and p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _check_frames(name: str, arr: np.ndarray, ndim: int) -> None:
+    if arr.ndim != ndim:
+        raise Easi3RInputError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+
+
+def write_frame_pngs(
+    folder: str | os.PathLike[str],
+    images: Iterable[np.ndarray],
+    on_file: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Write a sequence of uint8 images as ``folder/00000.png``, ``00001.png`` ...; atomic per file.
+
+    Frame files of an earlier, longer run are removed afterwards (see :func:`remove_stale_frames`).
+    ``on_file`` is called with each written path (progress bars).
+    """
+    folder = Path(folder)
+    paths = []
+    for t, im in enumerate(images):
+        paths.append(write_png(folder / frame_filename(t), im))
+        if on_file is not None:
+            on_file(paths[-1])
+    remove_stale_frames(folder, (p.name for p in paths))
+    return paths
+
+
+def write_mask_pngs(
+    folder: str | os.PathLike[str], masks: np.ndarray, on_file: Callable[[Path], None] | None = None
+) -> list[Path]:
+    """Write ``(T, H, W)`` bool masks as 8-bit grey PNGs (0 / 255) ``folder/00000.png`` ...; atomic."""
+    masks = np.asarray(masks)
+    _check_frames("masks", masks, 3)
+    return write_frame_pngs(folder, (np.where(m, 255, 0).astype(np.uint8) for m in masks), on_file)
+
+
+def write_image_pngs(
+    folder: str | os.PathLike[str],
+    images: Sequence[np.ndarray] | np.ndarray,
+    on_file: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Write ``(T, H, W, 3)`` uint8 RGB frames as ``folder/00000.png`` ...; atomic per file."""
+    return write_frame_pngs(folder, images, on_file)

@@ -1,0 +1,180 @@
+"""Point clouds and camera frusta as PLY / GLB (trimesh), written atomically.
+
+Coordinates are kept exactly as the reconstruction has them: the **OpenCV world** of the alignment
+(the first camera looks along +z with +y pointing down in the image). glTF viewers assume +y up, so the
+scene may appear upside down there; nothing is flipped on export so that the files, the TUM trajectory
+and the COLMAP model all share one frame. (The official demo instead transforms its GLB by
+``inv(cam2world[0] @ diag(1,-1,-1,1) @ R_y(180°))`` for display.)
+
+- PLY: binary little-endian vertices ``x y z`` (float32) with ``red green blue alpha`` (uchar,
+  alpha 255), no faces.
+- GLB: node ``points`` (the point cloud) plus one node ``camera_00000`` ... per frame: a pyramid with its
+  apex at the camera centre and its base the image rectangle unprojected at depth ``frustum_depth``,
+  drawn double-sided and coloured by ``viridis`` over time (first frame dark purple, last yellow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from matplotlib import colormaps
+
+from ..errors import Easi3RInputError
+from .atomic import atomic_write_bytes
+
+__all__ = [
+    "camera_frustum",
+    "default_frustum_depth",
+    "point_cloud",
+    "scene_with_cameras",
+    "write_glb",
+    "write_ply",
+]
+
+# Pyramid: apex 0, base corners 1..4 (top-left, top-right, bottom-right, bottom-left in the image).
+_FRUSTUM_FACES = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1], [1, 3, 2], [1, 4, 3]])
+# Both windings, because glTF viewers cull back faces and a frustum is seen from inside and outside.
+_FRUSTUM_FACES_2SIDED = np.concatenate([_FRUSTUM_FACES, _FRUSTUM_FACES[:, ::-1]])
+
+_EMPTY_PLY = (
+    b"ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
+    b"property float x\nproperty float y\nproperty float z\n"
+    b"property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\nend_header\n"
+)
+
+
+def _check_points(points: np.ndarray, colors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise Easi3RInputError(f"points must have shape (N, 3), got {pts.shape}")
+    if colors is None:
+        return pts, None
+    cols = np.asarray(colors)
+    if cols.shape != pts.shape or cols.dtype != np.uint8:
+        raise Easi3RInputError(f"colors must be uint8 of shape {pts.shape}, got {cols.dtype} {cols.shape}")
+    return pts, cols
+
+
+def point_cloud(points: np.ndarray, colors: np.ndarray | None = None) -> trimesh.PointCloud:
+    """A trimesh point cloud from ``(N, 3)`` float points and optional ``(N, 3)`` uint8 RGB colours."""
+    pts, cols = _check_points(points, colors)
+    if cols is None:
+        return trimesh.PointCloud(pts)
+    rgba = np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], axis=1)
+    return trimesh.PointCloud(pts, colors=rgba)
+
+
+def default_frustum_depth(points: np.ndarray, cam2world: np.ndarray, fraction: float = 0.05) -> float:
+    """Frustum depth as ``fraction`` of the scene size.
+
+    The size is the diagonal of the 2nd-98th percentile box of the points and camera centres, so a few
+    stray points far away do not blow the frusta up. Falls back to ``fraction`` for a degenerate scene.
+    """
+    centres = np.asarray(cam2world, dtype=np.float64)[:, :3, 3]
+    pts = np.asarray(points).reshape(-1, 3)
+    # A strided subset estimates percentiles just as well and keeps this O(1e5) for video-sized clouds.
+    pts = pts[:: max(1, len(pts) // 100_000)]
+    allp = np.concatenate([pts.astype(np.float64), centres])
+    allp = allp[np.isfinite(allp).all(axis=1)]
+    if len(allp) == 0:
+        return fraction
+    lo, hi = np.percentile(allp, [2, 98], axis=0)
+    size = float(np.linalg.norm(hi - lo))
+    return fraction * size if size > 0 else fraction
+
+
+def camera_frustum(
+    cam2world: np.ndarray,
+    K: np.ndarray,
+    size: tuple[int, int],
+    depth: float,
+    color: tuple[int, int, int, int] | np.ndarray = (255, 0, 0, 255),
+) -> trimesh.Trimesh:
+    """A pyramid mesh showing one pinhole camera.
+
+    Args:
+        cam2world: ``(4, 4)`` camera-to-world, OpenCV camera axes.
+        K: ``(3, 3)`` intrinsics in pixels (OpenCV convention: pixel centres at integers, so the image
+            spans ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``).
+        size: ``(H, W)`` image size.
+        depth: distance of the base from the apex along the optical axis, in scene units.
+        color: RGBA uint8 face colour.
+
+    Returns:
+        A 5-vertex mesh in world coordinates (vertex 0 = camera centre), faces in both windings.
+    """
+    H, W = size
+    x0, y0, x1, y1 = -0.5, -0.5, W - 0.5, H - 0.5
+    corners_px = np.array([[x0, y0, 1.0], [x1, y0, 1.0], [x1, y1, 1.0], [x0, y1, 1.0]])
+    rays = corners_px @ np.linalg.inv(np.asarray(K, dtype=np.float64)).T
+    rays = rays / rays[:, 2:3] * depth
+    local = np.concatenate([np.zeros((1, 3)), rays])
+    c2w = np.asarray(cam2world, dtype=np.float64)
+    verts = local @ c2w[:3, :3].T + c2w[:3, 3]
+    mesh = trimesh.Trimesh(vertices=verts, faces=_FRUSTUM_FACES_2SIDED, process=False)
+    mesh.visual.face_colors = np.broadcast_to(np.asarray(color, dtype=np.uint8), (len(mesh.faces), 4))
+    return mesh
+
+
+def scene_with_cameras(
+    points: np.ndarray,
+    colors: np.ndarray | None,
+    cam2world: np.ndarray,
+    intrinsics: np.ndarray,
+    size: tuple[int, int],
+    *,
+    frustum_depth: float | None = None,
+    cmap: str = "viridis",
+) -> trimesh.Scene:
+    """A trimesh scene: node ``points`` (omitted when empty) and ``camera_NNNNN`` frusta, one per frame.
+
+    Args:
+        points: ``(N, 3)`` world points; ``colors``: ``(N, 3)`` uint8 RGB or None.
+        cam2world: ``(T, 4, 4)``; ``intrinsics``: ``(T, 3, 3)`` at ``size = (H, W)``.
+        frustum_depth: frustum size in scene units (default :func:`default_frustum_depth`).
+        cmap: matplotlib colormap over time for the frusta.
+    """
+    c2w = np.asarray(cam2world, dtype=np.float64)
+    K = np.asarray(intrinsics, dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or K.shape != (len(c2w), 3, 3):
+        raise Easi3RInputError(
+            f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}"
+        )
+    scene = trimesh.Scene()
+    if len(points):
+        scene.add_geometry(point_cloud(points, colors), geom_name="points", node_name="points")
+    depth = default_frustum_depth(points, c2w) if frustum_depth is None else float(frustum_depth)
+    T = len(c2w)
+    rgba = np.round(colormaps[cmap](np.arange(T) / max(T - 1, 1)) * 255).astype(np.uint8)
+    for t in range(T):
+        name = f"camera_{t:05d}"
+        scene.add_geometry(camera_frustum(c2w[t], K[t], size, depth, rgba[t]), geom_name=name, node_name=name)
+    return scene
+
+
+def write_ply(path: str | os.PathLike[str], points: np.ndarray, colors: np.ndarray | None = None) -> Path:
+    """Write a coloured point cloud as binary little-endian PLY, atomically (see module docstring)."""
+    pts, cols = _check_points(points, colors)
+    data = _EMPTY_PLY if len(pts) == 0 else point_cloud(pts, cols).export(file_type="ply", encoding="binary")
+    return atomic_write_bytes(path, data)
+
+
+def write_glb(
+    path: str | os.PathLike[str],
+    points: np.ndarray,
+    colors: np.ndarray | None,
+    cam2world: np.ndarray,
+    intrinsics: np.ndarray,
+    size: tuple[int, int],
+    *,
+    frustum_depth: float | None = None,
+    cmap: str = "viridis",
+) -> Path:
+    """Write :func:`scene_with_cameras` as a binary glTF (``.glb``), atomically."""
+    scene = scene_with_cameras(
+        points, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cmap=cmap
+    )
+    return atomic_write_bytes(path, scene.export(file_type="glb"))
