@@ -1,8 +1,8 @@
 """Shared fixtures: the official reference data copied into the project, and the tiny network run on it.
 
 The network outputs over the fixture's 18 pairs take a minute or two on CPU, so they are computed once per
-session (and cached under pytest's cache directory, keyed by a hash of the backbone sources and the fixture files,
-so a change to the network code always recomputes them).
+session and cached under pytest's cache directory, keyed by a hash of the backbone sources and the fixture
+files, so a change to the network code always recomputes them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,132 @@
+"""Cost of Easi3R's attention readout inside the DUSt3R network (not a test).
+
+Full ViT-L / ViT-B / DPT configuration with random weights, one 512x288 pair, on CPU by default. Three variants of
+``forward_pair`` on pre-encoded tokens (decoders + heads), timed alternately (median of ``--repeats``):
+
+* ``plain``: SDPA attention, no readout;
+* ``readout``: SDPA attention + the O(N) readout (mean query . keys), what easi3r runs;
+* ``naive``: explicit attention (logits, softmax, @v) and every layer's full ``(B, heads, N, N)`` logit matrix kept,
+  as the official implementation does.
+
+Peak memory is measured per variant in a fresh subprocess (``ru_maxrss`` high-water mark minus the level after
+building the model and encoding, so the weights are not counted), plus the bytes the readout and the naive recorder
+hold. Run: ``python benchmarks/bench_backbone.py [--device cuda] [--repeats 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from easi3r.backbones import CrossAttentionReadout, ScoreMatrixRecorder, create_backbone
+
+
+def build(device: str):
+    torch.manual_seed(0)
+    net = create_backbone("dust3r").eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in net.parameters():  # random weights of a sensible scale
+            p.normal_(0, 0.02)
+    net = net.to(device)
+    img = torch.randn(2, 3, 288, 512, device=device)
+    with torch.inference_mode():
+        enc = net.encode(img)
+    return net, enc
+
+
+def run_variant(net, enc, variant: str):
+    net.set_fused_attention(variant != "naive")
+    probe = {"plain": None, "readout": CrossAttentionReadout(), "naive": ScoreMatrixRecorder()}[variant]
+    with torch.inference_mode():
+        pred = net.forward_pair(enc[0], enc[1], readout=variant != "plain", probe=probe)
+    return pred, probe
+
+
+def held_bytes(probe) -> int:
+    if probe is None:
+        return 0
+    total = sum(t.numel() * t.element_size() for d in probe.scores.values() for t in d.values())
+    if isinstance(probe, ScoreMatrixRecorder):
+        total += sum(t.numel() * t.element_size() for d in probe.matrices.values() for t in d.values())
+    return total
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def child(variant: str, device: str) -> None:
+    """One variant in a fresh process: peak memory above the post-encode level."""
+    net, enc = build(device)
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _, probe = run_variant(net, enc, variant)
+    sync(device)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak": peak, "held": held_bytes(probe)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.device)
+        return
+
+    variants = ("plain", "readout", "naive")
+    net, enc = build(args.device)
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"tokens per image {enc.tokens.shape[1]}")
+    run_variant(net, enc, "readout")  # warm-up
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for v in variants:  # interleaved so that machine load affects every variant alike
+            sync(args.device)
+            t0 = time.perf_counter()
+            run_variant(net, enc, v)
+            sync(args.device)
+            times[v].append(time.perf_counter() - t0)
+    ref_pred, _ = run_variant(net, enc, "naive")
+    fast_pred, _ = run_variant(net, enc, "readout")
+    err = (ref_pred.cross_attn_1 - fast_pred.cross_attn_1).abs().max().item()
+    del net, enc
+
+    mem = {}
+    for v in variants:
+        out = subprocess.run([sys.executable, __file__, "--child", v, "--device", args.device],
+                             capture_output=True, text=True, check=True)
+        mem[v] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    med = {v: statistics.median(t) for v, t in times.items()}
+    print(f"\n{'variant':<10}{'median s':>10}{'peak MiB':>11}{'held by probe MiB':>20}")
+    for v in variants:
+        print(f"{v:<10}{med[v]:>10.3f}{mem[v]['peak'] / 2**20:>11.1f}{mem[v]['held'] / 2**20:>20.3f}")
+    print(f"\nreadout vs plain time:             {med['readout'] / med['plain']:.3f}x "
+          f"(overhead {100 * (med['readout'] / med['plain'] - 1):+.1f} %, target <= +5 %)")
+    print(f"readout vs naive time:             {med['readout'] / med['naive']:.3f}x")
+    print(f"readout memory / naive matrices:   {mem['readout']['held'] / mem['naive']['held']:.5f} "
+          f"({100 * mem['readout']['held'] / mem['naive']['held']:.3f} %, target <= 1 %)")
+    print(f"peak memory readout / naive:       {mem['readout']['peak'] / max(mem['naive']['peak'], 1):.3f}x")
+    print(f"max |readout - naive readout|:     {err:.2e}")
+
+
+if __name__ == "__main__":
+    main()

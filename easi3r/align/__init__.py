@@ -1,0 +1,38 @@
+"""Global alignment of pairwise pointmaps (DUSt3R / MonST3R / Easi3R ``PointCloudOptimizer``).
+
+Entry point: :func:`global_align`. Building blocks: :class:`PointmapAligner` (state, loss, accessors),
+:func:`mst_initialisation` (spanning-tree init), flow providers (:class:`DISFlow`) and the flow term.
+"""
+
+from __future__ import annotations
+
+from .flow import DISFlow, FlowProvider, compute_edge_flows, induced_flow, masked_smooth_l1
+from .geometry import align_poses_sim3, estimate_focal, signed_expm1, signed_log1p
+from .model import PointmapAligner, alignment_residual_sum, relative_pose_loss
+from .mst import MSTEdge, MSTInit, edge_scores, image_confidence, mst_initialisation, ransac_pnp
+from .optimize import Alignment, global_align, learning_rate, run_optimisation
+
+__all__ = [
+    "Alignment",
+    "DISFlow",
+    "FlowProvider",
+    "MSTEdge",
+    "MSTInit",
+    "PointmapAligner",
+    "align_poses_sim3",
+    "alignment_residual_sum",
+    "compute_edge_flows",
+    "edge_scores",
+    "estimate_focal",
+    "global_align",
+    "image_confidence",
+    "induced_flow",
+    "learning_rate",
+    "masked_smooth_l1",
+    "mst_initialisation",
+    "ransac_pnp",
+    "relative_pose_loss",
+    "run_optimisation",
+    "signed_expm1",
+    "signed_log1p",
+]

@@ -1,0 +1,169 @@
+"""Optical-flow term of the global alignment (MonST3R's flow loss, used by Easi3R's second pass).
+
+For every edge ``(i, j)`` the flow **induced** by the current depth of frame ``i``, the two camera poses and the
+intrinsics (:func:`induced_flow`) is compared with an **observed** optical flow from ``i`` to ``j`` by a smooth-L1
+penalty restricted to static pixels (:func:`masked_smooth_l1`); both directions are used.
+
+Observed flow comes from a :class:`FlowProvider`: any callable ``(img_a, img_b) -> flow`` taking two
+``(H, W, 3)`` uint8 RGB frames and returning an ``(H, W, 2)`` float32 flow in pixels from ``img_a`` to ``img_b``
+(``img_a[y, x]`` moves to ``img_b[y + v, x + u]``). The built-in default is OpenCV's DIS (:class:`DISFlow`, CPU,
+no weights). The official code uses the learned SEA-RAFT; to use such a model, wrap it as a provider, e.g.::
+
+    class RAFTFlow:
+        def __init__(self, model, device="cuda", iters=20):
+            self.model, self.device, self.iters = model.eval().to(device), device, iters
+
+        @torch.no_grad()
+        def __call__(self, img_a, img_b):
+            to_t = lambda im: torch.from_numpy(im).permute(2, 0, 1)[None].float().to(self.device)  # 0..255
+            flow = self.model(to_t(img_a), to_t(img_b), iters=self.iters, test_mode=True)[-1]  # (1, 2, H, W)
+            return flow[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
+
+and pass ``flow_provider=RAFTFlow(model)`` to :func:`easi3r.align.global_align`. Pairs are evaluated one at a
+time; a provider that batches internally can cache on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import Easi3RInputError
+
+__all__ = ["DISFlow", "FlowProvider", "compute_edge_flows", "induced_flow", "masked_smooth_l1"]
+
+
+@runtime_checkable
+class FlowProvider(Protocol):
+    """``(img_a (H, W, 3) uint8, img_b (H, W, 3) uint8) -> (H, W, 2) float32`` flow from a to b, in pixels."""
+
+    def __call__(self, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray: ...
+
+
+class DISFlow:
+    """Dense inverse-search optical flow (OpenCV ``DISOpticalFlow``) on grayscale frames.
+
+    Args:
+        preset: ``cv2.DISOPTICAL_FLOW_PRESET_{ULTRAFAST,FAST,MEDIUM}``.
+    """
+
+    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> None:
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(preset)
+
+    def __call__(self, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray:
+        gray_a = cv2.cvtColor(np.ascontiguousarray(img_a), cv2.COLOR_RGB2GRAY)
+        gray_b = cv2.cvtColor(np.ascontiguousarray(img_b), cv2.COLOR_RGB2GRAY)
+        return self._dis.calc(gray_a, gray_b, None).astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return f"DISFlow(preset={self.preset})"
+
+
+def _as_uint8_frames(images: np.ndarray | Tensor) -> np.ndarray:
+    arr = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise Easi3RInputError(f"images must have shape (T, H, W, 3), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise Easi3RInputError(f"images must be uint8 RGB frames, got dtype {arr.dtype}")
+    return arr
+
+
+def compute_edge_flows(
+    images: np.ndarray | Tensor,
+    edges: Tensor,
+    provider: FlowProvider,
+    *,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Observed flows of every edge in both directions.
+
+    Each ordered frame pair is computed once: the swapped edge ``(j, i)`` reuses the flows of ``(i, j)``.
+
+    Args:
+        images: ``(T, H, W, 3)`` uint8 RGB frames (numpy or torch).
+        edges: ``(P, 2)`` int64 ``(i, j)``.
+        provider: a :class:`FlowProvider`.
+        device: where the result goes (default: ``edges``' device).
+
+    Returns:
+        ``flow_ij, flow_ji``: ``(P, 2, H, W)`` float32, flow from ``i`` to ``j`` and from ``j`` to ``i``.
+    """
+    frames = _as_uint8_frames(images)
+    n, h, w, _ = frames.shape
+    edge_list = [(int(i), int(j)) for i, j in edges.tolist()]
+    if edge_list and max(max(e) for e in edge_list) >= n:
+        raise Easi3RInputError(f"edges index frame {max(max(e) for e in edge_list)} but images has {n} frames")
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def flow(a: int, b: int) -> np.ndarray:
+        if (a, b) not in cache:
+            out = np.asarray(provider(frames[a], frames[b]))
+            if out.shape != (h, w, 2):
+                raise Easi3RInputError(f"flow provider returned shape {out.shape}, expected {(h, w, 2)}")
+            if not np.isfinite(out).all():
+                raise Easi3RInputError(f"flow provider returned non-finite values for frames ({a}, {b})")
+            cache[(a, b)] = out.astype(np.float32, copy=False)
+        return cache[(a, b)]
+
+    fwd = np.stack([flow(i, j) for i, j in edge_list]) if edge_list else np.zeros((0, h, w, 2), np.float32)
+    bwd = np.stack([flow(j, i) for i, j in edge_list]) if edge_list else np.zeros((0, h, w, 2), np.float32)
+    dev = edges.device if device is None else device
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(dev)  # noqa: E731
+    return to_t(fwd), to_t(bwd)
+
+
+def induced_flow(
+    depth_src: Tensor, cam2world_src: Tensor, cam2world_dst: Tensor, K_src_inv: Tensor, K_dst: Tensor,
+) -> Tensor:
+    """Flow that a static scene with the given depth would produce between two cameras (ego-motion flow).
+
+    ``h = K_dst R_rel K_src^-1 [x, y, 1]^T + disp K_dst t_rel`` with ``R_rel = R_dst^T R_src``,
+    ``t_rel = R_dst^T (t_src - t_dst)``, ``disp = 1 / (depth + 1e-6)``; flow ``= h_xy / (h_z + 1e-6) - (x, y)``.
+
+    Args:
+        depth_src: ``(B, H, W)`` z-depth of the source frame.
+        cam2world_src, cam2world_dst: ``(B, 4, 4)``.
+        K_src_inv: ``(B, 3, 3)`` inverse intrinsics of the source; ``K_dst``: ``(B, 3, 3)`` target intrinsics.
+
+    Returns:
+        ``(B, 2, H, W)`` flow in pixels from source to target.
+    """
+    b, h, w = depth_src.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=depth_src.device, dtype=depth_src.dtype),
+                            torch.arange(w, device=depth_src.device, dtype=depth_src.dtype), indexing="ij")
+    coords = torch.stack((xs, ys, torch.ones_like(xs))).reshape(1, 3, h * w)
+    R_src, t_src = cam2world_src[:, :3, :3], cam2world_src[:, :3, 3:]
+    R_dst, t_dst = cam2world_dst[:, :3, :3], cam2world_dst[:, :3, 3:]
+    R_rel = R_dst.transpose(1, 2) @ R_src
+    t_rel = R_dst.transpose(1, 2) @ (t_src - t_dst)
+    disp = 1.0 / (depth_src.reshape(b, 1, h * w) + 1e-6)
+    hom = K_dst @ (R_rel @ (K_src_inv @ coords)) + (K_dst @ t_rel) * disp
+    warped = hom[:, :2] / (hom[:, 2:3] + 1e-6)
+    return (warped - coords[:, :2]).reshape(b, 2, h, w)
+
+
+def masked_smooth_l1(estimate: Tensor, target: Tensor, valid: Tensor, pixel_threshold: float = 50.0) -> Tensor:
+    """Smooth-L1 (beta 1) averaged over the valid elements whose loss is below ``pixel_threshold``.
+
+    ``l = smooth_l1(estimate * m, target * m)`` elementwise; kept where ``m`` and ``l < pixel_threshold``;
+    result ``sum(l * keep) / (sum(keep) + 1e-6)`` (both flow components counted, one average over the batch).
+
+    Args:
+        estimate, target: ``(B, 2, H, W)`` flows in pixels.
+        valid: ``(B, 1, H, W)`` bool, pixels that take part (static pixels).
+        pixel_threshold: per-element cut-off in pixels (official ``pxl_thre = 50``).
+
+    Returns:
+        ``()`` tensor.
+    """
+    m = valid.to(estimate.dtype)
+    loss = F.smooth_l1_loss(estimate * m, target * m, reduction="none", beta=1.0)
+    keep = (loss < pixel_threshold) & valid
+    keep_f = keep.to(loss.dtype)
+    return (loss * keep_f).sum() / (keep_f.sum() + 1e-6)

@@ -1,0 +1,500 @@
+"""Parameters, decoding and loss of the global alignment (official ``PointCloudOptimizer``, batchify form).
+
+State (all float32 like the reference, on the inputs' device):
+
+* ``log_depth (T, H*W)``: per-pixel log z-depth of every frame;
+* ``pose_params (T, 7)``: camera-to-world as an unnormalised XYZW quaternion + ``signed_log1p`` translation;
+* ``focal_params``: ``20 log f``, one shared value ``(1,)`` or one per frame ``(T,)``; principal point fixed at
+  ``(W/2, H/2)``;
+* ``pw_params (P, 8)``: per-edge similarity (quaternion, ``signed_log1p(t/s)``, ``log s``); the scales are
+  normalised so their geometric mean is ``base_scale`` (unless poses are pinned, which fixes the world scale).
+
+The alignment loss compares, for every edge ``e = (i, j)``, the world points of frames ``i`` and ``j`` back-projected
+from depth with the pairwise pointmaps moved by the edge's similarity, weighted by ``log(conf)``:
+``l_i = sum_e sum_p log(c_i[e,p]) ||X_i[p] - sigma_e (R_e x_i[e,p] + t_e)|| / (P H W)`` (and ``l_j`` likewise).
+It is evaluated for all edges at once (frames gathered by edge index) by :func:`alignment_residual_sum`, which
+streams over pixel blocks and forms the gradient during the forward pass, so an iteration never holds an
+``(P, H*W, 3)`` autograd graph: memory is ``O(P H W)`` for the inputs plus ``O(T H W)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import roma
+import torch
+from torch import Tensor, nn
+
+from ..config import AlignConfig
+from ..errors import Easi3RInputError
+from .flow import induced_flow, masked_smooth_l1
+from .geometry import (
+    align_poses_sim3,
+    decode_poses,
+    depth_to_camera_points,
+    encode_rotation_translation,
+    pixel_grid,
+    procrustes,
+    signed_log1p,
+    sim3_matrix,
+    transform_points,
+)
+from .mst import MSTInit, image_confidence, mst_initialisation
+
+__all__ = ["PointmapAligner", "alignment_residual_sum", "check_pairwise_inputs", "relative_pose_loss"]
+
+FOCAL_BREAK = 20.0  # focal parametrised as FOCAL_BREAK * log(f), official `focal_break`
+
+
+class _ResidualSum(torch.autograd.Function):
+    """``sum_e sum_p w[e,p] ||world[idx[e], p] - (M_e[:3,:3] pred[e,p] + M_e[:3,3])||`` with an eager gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, world: Tensor, transforms: Tensor, pred: Tensor, weight: Tensor, index: Tensor,
+        block: int, with_grad: bool,
+    ) -> Tensor:
+        n_edges, n_pix, _ = pred.shape
+        rot_t = transforms[:, :3, :3].transpose(-1, -2)
+        trans = transforms[:, None, :3, 3]
+        total = torch.zeros((), dtype=torch.float64, device=pred.device)
+        if with_grad:
+            grad_world = torch.zeros_like(world)
+            grad_rot = transforms.new_zeros(n_edges, 3, 3)
+            grad_trans = transforms.new_zeros(n_edges, 3)
+        for start in range(0, n_pix, block):
+            stop = min(n_pix, start + block)
+            src = pred[:, start:stop]
+            resid = world[index, start:stop]
+            resid.sub_(torch.baddbmm(trans, src, rot_t))
+            norm = torch.linalg.vector_norm(resid, dim=-1)
+            w = weight[:, start:stop]
+            total += torch.dot(norm.reshape(-1), w.reshape(-1)).double()
+            if with_grad:
+                # d||r||/dr = r/||r||, taken as 0 at r = 0 like torch's norm backward.
+                scale = torch.where(norm > 0, w / norm, torch.zeros_like(norm))
+                resid.mul_(scale[..., None])
+                grad_world[:, start:stop].index_put_((index,), resid, accumulate=True)
+                grad_rot.baddbmm_(resid.transpose(1, 2), src)
+                grad_trans += resid.sum(dim=1)
+        if with_grad:
+            grad_transforms = torch.zeros_like(transforms)
+            grad_transforms[:, :3, :3] = -grad_rot
+            grad_transforms[:, :3, 3] = -grad_trans
+            ctx.save_for_backward(grad_world, grad_transforms)
+        ctx.with_grad = with_grad
+        return total.to(pred.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if not ctx.with_grad:
+            raise RuntimeError("alignment_residual_sum was evaluated without gradient tracking")
+        grad_world, grad_transforms = ctx.saved_tensors
+        return grad_world * grad_out, grad_transforms * grad_out, None, None, None, None, None
+
+
+def alignment_residual_sum(
+    world: Tensor, transforms: Tensor, pred: Tensor, weight: Tensor, index: Tensor, *, block: int | None = None,
+) -> Tensor:
+    """Confidence-weighted point distance summed over all edges and pixels (vectorised over edges).
+
+    Computes ``sum_e sum_p weight[e,p] * || world[index[e], p] - (A_e pred[e,p] + b_e) ||_2`` where
+    ``A_e = transforms[e, :3, :3]`` (any 3x3, e.g. a scaled rotation) and ``b_e = transforms[e, :3, 3]``.
+    Differentiable w.r.t. ``world`` and ``transforms``; the gradient is accumulated while streaming over pixel
+    blocks, so no per-edge intermediate survives the call (no double backward).
+
+    Args:
+        world: ``(T, N, 3)`` points per frame (``N`` pixels).
+        transforms: ``(P, 4, 4)`` per-edge affine transforms.
+        pred: ``(P, N, 3)`` per-edge points. ``weight``: ``(P, N)`` per-pixel weights.
+        index: ``(P,)`` int64 frame of each edge.
+        block: pixels per block (all edges at once); default keeps a block near 2^20 edge-pixels (CPU) or
+            2^25 (GPU).
+
+    Returns:
+        ``()`` tensor in ``pred``'s dtype (accumulated in float64 across blocks).
+    """
+    n_edges, n_pix = pred.shape[:2]
+    if block is None:
+        budget = 1 << (25 if pred.device.type == "cuda" else 20)
+        block = max(256, budget // max(n_edges, 1))
+    with_grad = torch.is_grad_enabled() and (world.requires_grad or transforms.requires_grad)
+    return _ResidualSum.apply(world, transforms, pred, weight, index, min(block, n_pix), with_grad)
+
+
+def relative_pose_loss(cam2world: Tensor, translation_weight: float = 1.0) -> Tensor:
+    """Temporal smoothness ``sum_t ||R_rel - I||_F + w ||t_rel||`` with ``rel = pose[t]^-1 pose[t+1]``.
+
+    Args:
+        cam2world: ``(T, 4, 4)``. translation_weight: weight of the translation part.
+
+    Returns:
+        ``()`` tensor.
+    """
+    rel = torch.linalg.inv(cam2world[:-1]) @ cam2world[1:]
+    eye = torch.eye(3, dtype=cam2world.dtype, device=cam2world.device)
+    rot = torch.linalg.matrix_norm(rel[:, :3, :3] - eye)
+    trans = torch.linalg.vector_norm(rel[:, :3, 3], dim=-1)
+    return (rot + translation_weight * trans).sum()
+
+
+def check_pairwise_inputs(
+    edges: Tensor, pts_i: Tensor, pts_j: Tensor, conf_i: Tensor, conf_j: Tensor, n_frames: int | None = None,
+) -> int:
+    """Validate the pairwise predictions; return the number of frames ``T``.
+
+    Raises:
+        Easi3RInputError: inconsistent shapes, bad edge indices, fewer than 2 frames, non-finite values,
+            non-positive confidences, or a frame that appears in no edge.
+    """
+    for name, t in (("edges", edges), ("pts_i", pts_i), ("pts_j", pts_j), ("conf_i", conf_i), ("conf_j", conf_j)):
+        if not isinstance(t, Tensor):
+            raise Easi3RInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.is_floating_point or edges.dtype == torch.bool:
+        raise Easi3RInputError(f"edges must be an integer tensor of shape (P, 2), got {tuple(edges.shape)} "
+                               f"{edges.dtype}")
+    n_edges = edges.shape[0]
+    if n_edges == 0:
+        raise Easi3RInputError("edges is empty: at least one pair is needed")
+    if pts_i.ndim != 4 or pts_i.shape[0] != n_edges or pts_i.shape[-1] != 3:
+        raise Easi3RInputError(f"pts_i must have shape (P={n_edges}, H, W, 3), got {tuple(pts_i.shape)}")
+    if pts_j.shape != pts_i.shape:
+        raise Easi3RInputError(f"pts_j must have the shape of pts_i {tuple(pts_i.shape)}, got {tuple(pts_j.shape)}")
+    for name, c in (("conf_i", conf_i), ("conf_j", conf_j)):
+        if c.shape != pts_i.shape[:3]:
+            raise Easi3RInputError(f"{name} must have shape {tuple(pts_i.shape[:3])}, got {tuple(c.shape)}")
+    for name, t in (("pts_i", pts_i), ("pts_j", pts_j), ("conf_i", conf_i), ("conf_j", conf_j)):
+        if not t.dtype.is_floating_point:
+            raise Easi3RInputError(f"{name} must be floating point, got {t.dtype}")
+        if t.device != pts_i.device:
+            raise Easi3RInputError(f"{name} is on {t.device}, expected {pts_i.device} like pts_i")
+        if not bool(torch.isfinite(t).all()):
+            raise Easi3RInputError(f"{name} contains NaN or infinite values")
+    if bool((conf_i <= 0).any()) or bool((conf_j <= 0).any()):
+        raise Easi3RInputError("confidences must be positive (raw network confidences are >= 1)")
+    if bool((edges < 0).any()):
+        raise Easi3RInputError("edges contains negative frame indices")
+    if bool((edges[:, 0] == edges[:, 1]).any()):
+        raise Easi3RInputError("edges contains a self-pair (i, i)")
+    n_max = int(edges.max()) + 1
+    t_frames = n_max if n_frames is None else int(n_frames)
+    if t_frames < n_max:
+        raise Easi3RInputError(f"edges index frame {n_max - 1} but only {t_frames} frames were given")
+    if t_frames < 2:
+        raise Easi3RInputError(f"global alignment needs at least 2 frames, got {t_frames}")
+    seen = torch.zeros(t_frames, dtype=torch.bool, device=edges.device)
+    seen[edges.reshape(-1)] = True
+    if not bool(seen.all()):
+        missing = torch.nonzero(~seen).flatten().tolist()
+        raise Easi3RInputError(f"frames {missing[:5]} appear in no edge")
+    return t_frames
+
+
+class PointmapAligner(nn.Module):
+    """Stateful global aligner of pairwise pointmaps (official ``PointCloudOptimizer``, batchify mode).
+
+    Typical use: ``aligner = PointmapAligner(...); aligner.init_mst(); loss = aligner(iteration)`` inside an Adam
+    loop (see :func:`easi3r.align.optimize.run_optimisation`), then the ``get_*`` accessors.
+
+    Args:
+        edges: ``(P, 2)`` int64 ``(i, j)``: frame of view 1 and of view 2 of each pair.
+        pts_i: ``(P, H, W, 3)`` view-1 points in view-1's camera frame.
+        pts_j: ``(P, H, W, 3)`` view-2 points in view-1's camera frame.
+        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+        config: alignment settings (focal sharing, base scale, PnP and loss weights).
+        n_frames: ``T`` (default ``edges.max() + 1``).
+        known_focal: focal(s) in pixels to pin: a scalar or ``(T,)``; returned exactly by :meth:`get_focals`.
+        known_poses: ``(T, 4, 4)`` cam-to-world to pin; returned exactly by :meth:`get_cam2world`.
+        block: pixels per block of the streamed loss (see :func:`alignment_residual_sum`).
+    """
+
+    def __init__(
+        self,
+        edges: Tensor,
+        pts_i: Tensor,
+        pts_j: Tensor,
+        conf_i: Tensor,
+        conf_j: Tensor,
+        *,
+        config: AlignConfig | None = None,
+        n_frames: int | None = None,
+        known_focal: float | Tensor | None = None,
+        known_poses: Tensor | None = None,
+        block: int | None = None,
+    ) -> None:
+        super().__init__()
+        config = AlignConfig() if config is None else config
+        n = check_pairwise_inputs(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
+        device, dtype = pts_i.device, pts_i.dtype
+        n_edges, h, w, _ = pts_i.shape
+        self.config = config
+        self.n_frames, self.height, self.width = n, h, w
+        self.block = block
+        edges = edges.to(device=device, dtype=torch.int64)
+        self.register_buffer("edges", edges, persistent=False)
+        self.register_buffer("pred_i", pts_i.reshape(n_edges, h * w, 3), persistent=False)
+        self.register_buffer("pred_j", pts_j.reshape(n_edges, h * w, 3), persistent=False)
+        self.register_buffer("conf_i", conf_i, persistent=False)
+        self.register_buffer("conf_j", conf_j, persistent=False)
+        self.register_buffer("weight_i", conf_i.log().reshape(n_edges, h * w), persistent=False)
+        self.register_buffer("weight_j", conf_j.log().reshape(n_edges, h * w), persistent=False)
+        self.register_buffer("im_conf", image_confidence(edges, conf_i, conf_j, n), persistent=False)
+        self.register_buffer("grid", pixel_grid(h, w, device=device).reshape(-1, 2).to(dtype), persistent=False)
+        pp = torch.tensor((w / 2, h / 2), dtype=dtype, device=device)
+        self.register_buffer("principal_point", pp.expand(n, 2).clone(), persistent=False)
+
+        # Initial values are placeholders: init_mst overwrites all of them (the reference draws them at random).
+        self.log_depth = nn.Parameter(torch.full((n, h * w), -3.0, dtype=dtype, device=device))
+        ident = torch.tensor([0, 0, 0, 1, 0, 0, 0], dtype=dtype, device=device)
+        self.pose_params = nn.Parameter(ident.repeat(n, 1))
+        n_focal = 1 if config.shared_focal else n
+        self.focal_params = nn.Parameter(torch.full((n_focal,), FOCAL_BREAK * math.log(max(h, w)),
+                                                    dtype=dtype, device=device))
+        self.pw_params = nn.Parameter(torch.cat((ident, ident.new_zeros(1))).repeat(n_edges, 1))
+
+        self.known_focal: Tensor | None = None
+        if known_focal is not None:
+            kf = torch.as_tensor(known_focal, dtype=dtype, device=device).reshape(-1)
+            if kf.numel() == 1:
+                kf = kf.expand(n).clone()
+            if kf.shape != (n,) or not bool(torch.isfinite(kf).all()) or bool((kf <= 0).any()):
+                raise Easi3RInputError(f"known_focal must be a positive scalar or have shape ({n},), "
+                                       f"got {tuple(torch.as_tensor(known_focal).shape)}")
+            self.known_focal = kf
+            self.focal_params.requires_grad_(False)
+        self.known_poses: Tensor | None = None
+        if known_poses is not None:
+            kp = torch.as_tensor(known_poses).to(device=device, dtype=dtype)
+            if kp.shape != (n, 4, 4):
+                raise Easi3RInputError(f"known_poses must have shape ({n}, 4, 4), got {tuple(kp.shape)}")
+            if not bool(torch.isfinite(kp).all()):
+                raise Easi3RInputError("known_poses contains NaN or infinite values")
+            self.known_poses = kp
+            self.pose_params.requires_grad_(False)
+        # With pinned poses the world scale is given, so the pairwise scales must stay free (as the reference).
+        self.normalise_pw_scale = known_poses is None
+
+        self.flow_weight = 0.0
+        self.flow_start_iteration = 0.0
+        self.flow_ij: Tensor | None = None
+        self.flow_ji: Tensor | None = None
+        self.static_i: Tensor | None = None
+        self.static_j: Tensor | None = None
+        self.mst: MSTInit | None = None
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def n_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def get_cam2world(self) -> Tensor:
+        """``(T, 4, 4)`` camera-to-world poses."""
+        if self.known_poses is not None:
+            return self.known_poses
+        return decode_poses(self.pose_params)
+
+    def get_focals(self) -> Tensor:
+        """``(T,)`` focal lengths in pixels."""
+        if self.known_focal is not None:
+            return self.known_focal
+        return (self.focal_params / FOCAL_BREAK).exp().expand(self.n_frames)
+
+    def get_principal_points(self) -> Tensor:
+        """``(T, 2)`` principal points ``(W/2, H/2)`` in pixels."""
+        return self.principal_point
+
+    def get_intrinsics(self) -> Tensor:
+        """``(T, 3, 3)`` pinhole intrinsics with ``fx = fy = f``."""
+        K = torch.zeros(self.n_frames, 3, 3, dtype=self.grid.dtype, device=self.grid.device)
+        f = self.get_focals()
+        K[:, 0, 0] = f
+        K[:, 1, 1] = f
+        K[:, :2, 2] = self.get_principal_points()
+        K[:, 2, 2] = 1
+        return K
+
+    def get_depthmaps(self) -> Tensor:
+        """``(T, H, W)`` z-depth."""
+        return self.log_depth.exp().reshape(self.n_frames, self.height, self.width)
+
+    def _world_points(self) -> Tensor:
+        cam = depth_to_camera_points(self.log_depth.exp(), self.get_focals(), self.get_principal_points(), self.grid)
+        return transform_points(self.get_cam2world(), cam)
+
+    def get_pts3d(self) -> Tensor:
+        """``(T, H, W, 3)`` world points back-projected from the depth maps."""
+        return self._world_points().reshape(self.n_frames, self.height, self.width, 3)
+
+    def get_pw_norm_scale_factor(self) -> Tensor:
+        """Factor bringing the geometric mean of the pairwise scales to ``base_scale`` (1 with pinned poses)."""
+        if not self.normalise_pw_scale:
+            return self.pw_params.new_ones(())
+        return (math.log(self.config.base_scale) - self.pw_params[:, -1].mean()).exp()
+
+    def get_pw_scale(self) -> Tensor:
+        """``(P,)`` effective per-edge scale ``sigma_e``."""
+        return self.pw_params[:, -1].exp() * self.get_pw_norm_scale_factor()
+
+    def get_pw_poses(self) -> Tensor:
+        """``(P, 4, 4)`` per-edge similarity ``[sigma R | sigma t]`` mapping view-1 camera points to the world."""
+        rt = decode_poses(self.pw_params)
+        scale = self.get_pw_scale()
+        return torch.cat((rt[:, :3] * scale[:, None, None], rt[:, 3:]), dim=1)
+
+    def get_conf(self) -> Tensor:
+        """``(T, H, W)`` per-frame max raw confidence (``im_conf``)."""
+        return self.im_conf
+
+    # ------------------------------------------------------------------ flow
+    def set_flow(
+        self,
+        flow_ij: Tensor,
+        flow_ji: Tensor,
+        masks: Tensor | None,
+        *,
+        weight: float | None = None,
+        start_iteration: float = 0.0,
+    ) -> None:
+        """Attach the optical-flow term.
+
+        Args:
+            flow_ij: ``(P, 2, H, W)`` observed flow from frame ``i`` to ``j`` of each edge (pixels).
+            flow_ji: ``(P, 2, H, W)`` observed flow from ``j`` to ``i``.
+            masks: ``(T, H, W)`` bool dynamic masks (excluded from the term), or None (all pixels static).
+            weight: term weight (default ``config.flow_weight``).
+            start_iteration: the term is active for ``iteration >= start_iteration`` (float, as the reference
+                compares ``iter >= niter * flow_loss_start_epoch``).
+        """
+        shape = (self.n_edges, 2, self.height, self.width)
+        for name, f in (("flow_ij", flow_ij), ("flow_ji", flow_ji)):
+            if tuple(f.shape) != shape:
+                raise Easi3RInputError(f"{name} must have shape {shape}, got {tuple(f.shape)}")
+        dev, dt = self.grid.device, self.grid.dtype
+        self.flow_ij = flow_ij.to(device=dev, dtype=dt)
+        self.flow_ji = flow_ji.to(device=dev, dtype=dt)
+        if masks is None:
+            static = torch.ones(self.n_frames, self.height, self.width, dtype=torch.bool, device=dev)
+        else:
+            if tuple(masks.shape) != (self.n_frames, self.height, self.width):
+                raise Easi3RInputError(f"masks must have shape {(self.n_frames, self.height, self.width)}, "
+                                       f"got {tuple(masks.shape)}")
+            static = ~masks.to(device=dev, dtype=torch.bool)
+        self.static_i = static[self.edges[:, 0]][:, None]
+        self.static_j = static[self.edges[:, 1]][:, None]
+        self.flow_weight = self.config.flow_weight if weight is None else float(weight)
+        self.flow_start_iteration = float(start_iteration)
+
+    def flow_loss(self) -> Tensor:
+        """Smooth-L1 distance between induced (ego) flow and the observed flow on static pixels, both directions."""
+        if self.flow_ij is None or self.flow_ji is None or self.static_i is None or self.static_j is None:
+            raise RuntimeError("set_flow() must be called before flow_loss()")
+        pose = self.get_cam2world()
+        K = self.get_intrinsics()
+        K_inv = torch.linalg.inv(K)
+        depth = self.get_depthmaps()
+        ei, ej = self.edges[:, 0], self.edges[:, 1]
+        ego_ij = induced_flow(depth[ei], pose[ei], pose[ej], K_inv[ei], K[ej])
+        ego_ji = induced_flow(depth[ej], pose[ej], pose[ei], K_inv[ej], K[ei])
+        thr = self.config.flow_pixel_threshold
+        return (masked_smooth_l1(ego_ij, self.flow_ij, self.static_i, thr)
+                + masked_smooth_l1(ego_ji, self.flow_ji, self.static_j, thr))
+
+    # ------------------------------------------------------------------ loss
+    def alignment_loss(self) -> tuple[Tensor, Tensor]:
+        """``(l_i, l_j)``: log-confidence weighted distances, each divided by the total pixel count ``P H W``."""
+        world = self._world_points()
+        pw = self.get_pw_poses()
+        area = float(self.n_edges * self.height * self.width)
+        li = alignment_residual_sum(world, pw, self.pred_i, self.weight_i, self.edges[:, 0], block=self.block)
+        lj = alignment_residual_sum(world, pw, self.pred_j, self.weight_j, self.edges[:, 1], block=self.block)
+        return li / area, lj / area
+
+    def forward(self, iteration: int | None = None) -> Tensor:
+        """Total loss ``l_i + l_j + w_temp L_temp + w_flow L_flow`` of the current state.
+
+        Args:
+            iteration: optimiser step index; decides whether the flow term is active (None: all terms active, as
+                the reference's default ``epoch=9999`` used for its ``init loss``).
+        """
+        li, lj = self.alignment_loss()
+        loss = li + lj
+        cfg = self.config
+        if cfg.temporal_smoothing_weight > 0:
+            loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(self.get_cam2world(),
+                                                                             cfg.translation_weight)
+        if self.flow_weight > 0 and self.flow_ij is not None and (
+            iteration is None or iteration >= self.flow_start_iteration
+        ):
+            flow = self.flow_loss()
+            # The reference drops the term for any iteration whose value exceeds the threshold.
+            if not (cfg.flow_threshold > 0 and float(flow) > cfg.flow_threshold):
+                loss = loss + self.flow_weight * flow
+        return loss
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_mst(self, pnp_override: dict[int, Tensor] | None = None) -> MSTInit:
+        """Initialise every parameter from the maximum spanning tree of the pair graph (official ``init='mst'``).
+
+        Steps: :func:`~easi3r.align.mst.mst_initialisation` (chained points, focals, poses incl. RANSAC-PnP);
+        with pinned poses, a Sim(3) fit of the tree's cameras onto them, applied to poses and points; per-edge
+        weighted Procrustes for the pairwise similarities; scale normalisation (geometric mean ``base_scale``);
+        depth = z of the chained points in each camera; shared focal = mean of the per-frame estimates.
+
+        Args:
+            pnp_override: frame -> ``(4, 4)`` cam-to-world replacing RANSAC-PnP's result for that frame.
+
+        Returns:
+            The :class:`~easi3r.align.mst.MSTInit` record (tree log, PnP frames, the tree's raw state).
+        """
+        cfg = self.config
+        n, n_edges = self.n_frames, self.n_edges
+        h, w = self.height, self.width
+        pts_i = self.pred_i.reshape(n_edges, h, w, 3)
+        pts_j = self.pred_j.reshape(n_edges, h, w, 3)
+        known_focals = None if self.known_focal is None else self.known_focal.tolist()
+        mst = mst_initialisation(
+            self.edges, pts_i, pts_j, self.conf_i, self.conf_j, self.im_conf,
+            min_conf_thr=cfg.min_conf_thr, pnp_iterations=cfg.pnp_iterations,
+            pnp_reprojection_error=cfg.pnp_reprojection_error, pnp_override=pnp_override,
+            known_focals=known_focals,
+        )
+        self.mst = mst
+        poses = mst.cam2world.clone()
+        points = mst.points.reshape(n, h * w, 3).clone()
+
+        if self.known_poses is not None:
+            s, R, T = align_poses_sim3(poses, self.known_poses)
+            trf = sim3_matrix(s, R, T)
+            poses = trf @ poses
+            poses[:, :3, :3] /= s  # keep rotations orthonormal: the scale only acts on the centres
+            points = transform_points(trf, points)
+
+        # Pairwise similarities: view-1 pointmap of each edge onto its frame's chained points.
+        ei = self.edges[:, 0]
+        step = max(1, (1 << 22) // (h * w))  # bounded temporaries; one-off cost, not per iteration
+        for start in range(0, n_edges, step):
+            sl = slice(start, min(n_edges, start + step))
+            s, R, T = procrustes(self.pred_i[sl], points[ei[sl]], self.conf_i[sl], batched=True)
+            self.pw_params.data[sl, :4] = roma.rotmat_to_unitquat(R)
+            self.pw_params.data[sl, 4:7] = signed_log1p(T / s[:, None])
+            # log in float64 then rounded, as the reference's np.log(float(s))
+            self.pw_params.data[sl, 7] = s.double().log().to(s.dtype)
+
+        factor = self.get_pw_norm_scale_factor()
+        poses[:, :3, 3] *= factor
+        points *= factor
+
+        depth = transform_points(torch.linalg.inv(poses), points)[..., 2]
+        self.log_depth.data[:] = depth.log().nan_to_num(nan=0.0, neginf=0.0)
+        if self.known_poses is None:
+            self.pose_params.data[:] = encode_rotation_translation(poses[:, :3, :3], poses[:, :3, 3])
+        if self.known_focal is None:
+            if cfg.shared_focal:
+                self.focal_params.data[:] = FOCAL_BREAK * np.log(sum(mst.focals) / n)
+            else:
+                self.focal_params.data[:] = torch.as_tensor(
+                    FOCAL_BREAK * np.log(np.asarray(mst.focals, dtype=np.float64)), dtype=self.grid.dtype)
+        return mst

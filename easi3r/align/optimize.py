@@ -1,0 +1,192 @@
+"""The optimisation loop and the :func:`global_align` entry point.
+
+Adam (betas 0.9/0.9) over depth, poses, focal and pairwise poses (pinned quantities excluded), with the learning
+rate annealed from ``lr`` to ``lr_min`` (linear, as the official demo, or cosine) and a tqdm bar showing the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import AlignConfig
+from ..errors import Easi3RInputError
+from .flow import DISFlow, FlowProvider, compute_edge_flows
+from .model import PointmapAligner, check_pairwise_inputs
+from .mst import MSTEdge
+
+__all__ = ["Alignment", "global_align", "learning_rate", "run_optimisation"]
+
+
+@dataclass
+class Alignment:
+    """Result of :func:`global_align`; tensors on the inputs' device, float32.
+
+    Attributes:
+        cam2world: ``(T, 4, 4)`` camera-to-world poses (OpenCV camera axes).
+        focals: ``(T,)`` focal lengths in pixels. ``principal_points``: ``(T, 2)`` in pixels.
+        intrinsics: ``(T, 3, 3)``.
+        depths: ``(T, H, W)`` z-depth. ``points``: ``(T, H, W, 3)`` world points.
+        confidence: ``(T, H, W)`` per-frame max raw confidence over both roles (``im_conf``).
+        pw_poses: ``(P, 4, 4)`` scaled pairwise similarities. ``pw_scale``: ``(P,)``.
+        loss: loss of the last iteration, before its step (what the reference returns); the initial loss when
+            ``iterations == 0``.
+        init_loss: loss right after the MST initialisation (all terms active).
+        mst_log: the spanning-tree walk (root first). ``pnp_frames``: frames posed by RANSAC-PnP.
+    """
+
+    cam2world: Tensor
+    focals: Tensor
+    principal_points: Tensor
+    intrinsics: Tensor
+    depths: Tensor
+    points: Tensor
+    confidence: Tensor
+    pw_poses: Tensor
+    pw_scale: Tensor
+    loss: float
+    init_loss: float
+    mst_log: list[MSTEdge] = field(default_factory=list)
+    pnp_frames: list[int] = field(default_factory=list)
+
+
+def learning_rate(iteration: int, iterations: int, lr: float, lr_min: float, schedule: str = "linear") -> float:
+    """Learning rate of step ``iteration`` (``t = iteration / iterations``).
+
+    linear: ``lr + (lr_min - lr) t``; cosine: ``lr_min + (lr - lr_min) (1 + cos(pi t)) / 2``.
+    """
+    t = iteration / iterations
+    if schedule == "linear":
+        return lr + (lr_min - lr) * t
+    if schedule == "cosine":
+        return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * t)) / 2
+    raise Easi3RInputError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+
+
+def run_optimisation(
+    aligner: PointmapAligner, config: AlignConfig | None = None, *, progress: bool = True,
+) -> float:
+    """Run ``config.iterations`` Adam steps on an initialised aligner; return the last iteration's loss.
+
+    The returned value is the loss computed at the last iteration, before its parameter update (as the
+    reference's ``compute_global_alignment``); ``nan`` when there is nothing to optimise or no iteration.
+    """
+    cfg = aligner.config if config is None else config
+    params = [p for p in aligner.parameters() if p.requires_grad]
+    if not params or cfg.iterations == 0:
+        return float("nan")
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.9), eps=1e-8)
+    loss_value = float("nan")
+    with torch.autocast(device_type=aligner.grid.device.type, enabled=False), tqdm(
+        range(cfg.iterations), desc="global alignment", disable=not progress, leave=False
+    ) as bar:
+        for it in bar:
+            lr = learning_rate(it, cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad()
+            loss = aligner(it)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss)
+            bar.set_postfix_str(f"lr={lr:.2e} loss={loss_value:.5g}")
+    return loss_value
+
+
+def global_align(
+    edges: Tensor,
+    pts_i: Tensor,
+    pts_j: Tensor,
+    conf_i: Tensor,
+    conf_j: Tensor,
+    *,
+    config: AlignConfig | None = None,
+    images: np.ndarray | Tensor | None = None,
+    masks: Tensor | None = None,
+    flow_provider: FlowProvider | None = None,
+    known_focal: float | Tensor | None = None,
+    known_poses: Tensor | None = None,
+    pnp_override: dict[int, Tensor] | None = None,
+    progress: bool = True,
+    n_frames: int | None = None,
+) -> Alignment:
+    """Globally align pairwise pointmaps into one world: cameras, intrinsics and per-frame depth.
+
+    Reproduces the official Easi3R/MonST3R ``PointCloudOptimizer`` (batchify mode): MST initialisation, then
+    Adam on the log-confidence weighted point distance, plus the optical-flow term (static pixels only) when
+    ``config.flow_weight > 0`` and the temporal smoothness term when its weight is > 0.
+
+    Args:
+        edges: ``(P, 2)`` int64; row ``e = (i, j)``: frame of view 1 and of view 2.
+        pts_i: ``(P, H, W, 3)`` float32 view-1 pointmap in view 1's camera frame.
+        pts_j: ``(P, H, W, 3)`` float32 view-2 pointmap in view 1's camera frame.
+        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
+        config: alignment settings (defaults: the official demo's pass 2).
+        images: ``(T, H, W, 3)`` uint8 RGB frames; needed only by the flow term.
+        masks: ``(T, H, W)`` bool dynamic masks, excluded from the flow term (None: every pixel static).
+        flow_provider: observed-flow source (default :class:`~easi3r.align.flow.DISFlow`).
+        known_focal: focal(s) in pixels to pin: scalar or ``(T,)``.
+        known_poses: ``(T, 4, 4)`` cam-to-world to pin (not optimised; the pairwise scales are then not
+            normalised, the known poses fix the world scale).
+        pnp_override: testing hook: frame -> cam-to-world used instead of the MST's RANSAC-PnP result.
+        progress: show a tqdm bar with the loss.
+        n_frames: ``T`` when it cannot be read from the edges, images or known poses.
+
+    Returns:
+        :class:`Alignment`.
+
+    Raises:
+        Easi3RInputError: inconsistent shapes, fewer than 2 frames, non-finite inputs, a flow term without
+            images, mismatching ``known_poses`` / ``known_focal`` / ``masks``.
+    """
+    cfg = AlignConfig() if config is None else config
+    if not isinstance(cfg, AlignConfig):
+        raise Easi3RInputError(f"config must be an AlignConfig, got {type(cfg).__name__}")
+    if n_frames is None:
+        for given in (known_poses, masks, images):
+            if given is not None and getattr(given, "ndim", 0) >= 1:
+                n_frames = int(given.shape[0])
+                break
+    n = check_pairwise_inputs(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
+    h, w = pts_i.shape[1:3]
+    if masks is not None and tuple(masks.shape) != (n, h, w):
+        raise Easi3RInputError(f"masks must have shape {(n, h, w)}, got {tuple(masks.shape)}")
+    aligner = PointmapAligner(edges, pts_i, pts_j, conf_i, conf_j, config=cfg, n_frames=n,
+                              known_focal=known_focal, known_poses=known_poses)
+    if cfg.flow_weight > 0:
+        if images is None:
+            raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")
+        if tuple(images.shape[:3]) != (n, h, w):
+            raise Easi3RInputError(f"images must have shape {(n, h, w, 3)}, got {tuple(images.shape)}")
+        provider = DISFlow() if flow_provider is None else flow_provider
+        flow_ij, flow_ji = compute_edge_flows(images, aligner.edges, provider, device=pts_i.device)
+        aligner.set_flow(flow_ij, flow_ji, masks, start_iteration=cfg.iterations * cfg.flow_start)
+
+    mst = aligner.init_mst(pnp_override=pnp_override)
+    with torch.no_grad():
+        init_loss = float(aligner())
+    loss = run_optimisation(aligner, cfg, progress=progress)
+    if cfg.iterations == 0:
+        loss = init_loss
+
+    with torch.no_grad():
+        return Alignment(
+            cam2world=aligner.get_cam2world().detach().clone(),
+            focals=aligner.get_focals().detach().clone(),
+            principal_points=aligner.get_principal_points().detach().clone(),
+            intrinsics=aligner.get_intrinsics().detach(),
+            depths=aligner.get_depthmaps().detach(),
+            points=aligner.get_pts3d().detach(),
+            confidence=aligner.get_conf().detach().clone(),
+            pw_poses=aligner.get_pw_poses().detach(),
+            pw_scale=aligner.get_pw_scale().detach(),
+            loss=loss,
+            init_loss=init_loss,
+            mst_log=list(mst.log),
+            pnp_frames=list(mst.pnp_frames),
+        )

@@ -1,0 +1,294 @@
+"""The Easi3R method end to end: frames -> pass 1 -> masks -> re-weighted pass 2 -> global alignment.
+
+:class:`Easi3R` is a thin stateful shell (it holds the backbone and the configuration); every stage is also a
+public method or function so a notebook can stop after any of them:
+
+1. :func:`easi3r.load_frames` -> :class:`~easi3r.frames.Frames`;
+2. :func:`easi3r.pairs.make_pairs` -> ``(P, 2)`` edges (reference order kept);
+3. :meth:`Easi3R.encode`: the encoder runs **once per frame**; both passes reuse the tokens;
+4. :func:`run_pass` (pass 1): decoders only (``heads=False``), the readout maps stream into an
+   :class:`~easi3r.attention.AttentionAccumulator`; nothing per pair is kept;
+5. :func:`segment` -> masks (fusion, Eq. 9, k-means fusion, multi-Otsu);
+6. :func:`run_pass` (pass 2): the reference decoder re-weighted by the pass-1 masks, with heads; the pairwise
+   pointmaps are kept for alignment and the pass-2 attention gives the final masks (as the official code does);
+7. :func:`easi3r.align.global_align` -> cameras, intrinsics, depths; assembled into a
+   :class:`~easi3r.result.Reconstruction`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .align import global_align
+from .attention import AttentionAccumulator, FusedAttention, dynamic_map, fuse_attention
+from .backbones import Backbone, EncodedImages, load_backbone
+from .config import Easi3RConfig
+from .device import resolve_device
+from .errors import Easi3RInputError
+from .frames import Frames, load_frames
+from .pairs import make_pairs
+from .result import Reconstruction
+from .segment import MaskRefiner, ThresholdResult, apply_refiner, cluster_fuse, compute_masks
+
+__all__ = ["Easi3R", "PairPointmaps", "PassOutput", "Segmentation", "run_pass", "segment"]
+
+
+@dataclass
+class PairPointmaps:
+    """Pass-2 network outputs kept for global alignment (the only per-pair state of the pipeline).
+
+    Attributes:
+        edges: ``(P, 2)`` int64 ``(view-1 frame, view-2 frame)``.
+        pts_i: ``(P, H, W, 3)`` view-1 points in view-1's camera. pts_j: view-2 points in view-1's camera.
+        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+    """
+
+    edges: Tensor
+    pts_i: Tensor
+    pts_j: Tensor
+    conf_i: Tensor
+    conf_j: Tensor
+
+
+@dataclass
+class PassOutput:
+    """One pass over the pairs: streamed attention statistics, and the pointmaps when heads were run."""
+
+    attention: AttentionAccumulator
+    pointmaps: PairPointmaps | None
+
+
+@dataclass
+class Segmentation:
+    """Motion segmentation of one pass (all on CPU).
+
+    Attributes:
+        fused: the four channel-fused maps ``(T, h, w)`` (src/ref mean/std).
+        dynamic_map: ``(T, h, w)`` Eq. 9, per-frame normalised.
+        refined: ``(T, h, w)`` cluster-fused dynamic map (what the masks threshold).
+        labels: ``(T, h, w)`` k-means labels.
+        masks: ``(T, H, W)`` bool dynamic masks.
+        threshold: the chosen threshold and how.
+    """
+
+    fused: FusedAttention
+    dynamic_map: Tensor
+    refined: Tensor
+    labels: Tensor
+    masks: Tensor
+    threshold: ThresholdResult
+
+
+def run_pass(
+    backbone: Backbone,
+    encoded: EncodedImages,
+    edges: Tensor,
+    *,
+    masks: Tensor | None = None,
+    heads: bool = False,
+    batch_size: int = 4,
+    progress: bool = True,
+    desc: str = "pass",
+) -> PassOutput:
+    """Run the decoders over every edge in batches, streaming the readout into per-frame statistics.
+
+    Args:
+        backbone: the network.
+        encoded: encoder tokens of all ``T`` frames (:meth:`Backbone.encode`), on the backbone's device.
+        edges: ``(P, 2)`` int64 edges.
+        masks: ``(T, H, W)`` bool dynamic masks for the re-weighted pass (None: plain attention).
+        heads: run the heads and keep the pointmaps (pass 2).
+        batch_size: pairs per network call.
+
+    Returns:
+        :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
+    """
+    num_frames = len(encoded)
+    acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels)
+    kept: dict[str, list[Tensor]] = {"pts_i": [], "pts_j": [], "conf_i": [], "conf_j": []}
+    device = encoded.tokens.device
+    dev_masks = masks.to(device) if masks is not None else None
+    bar = tqdm(total=len(edges), desc=desc, unit="pair", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for start in range(0, len(edges), batch_size):
+            e = edges[start : start + batch_size]
+            i, j = e[:, 0].to(device), e[:, 1].to(device)
+            pred = backbone.forward_pair(
+                encoded[i],
+                encoded[j],
+                dynamic_mask1=dev_masks[i] if dev_masks is not None else None,
+                dynamic_mask2=dev_masks[j] if dev_masks is not None else None,
+                heads=heads,
+            )
+            acc.add(e, pred.cross_attn_1, pred.cross_attn_2)
+            if heads:
+                kept["pts_i"].append(pred.pts3d_1)
+                kept["pts_j"].append(pred.pts3d_2)
+                kept["conf_i"].append(pred.conf_1)
+                kept["conf_j"].append(pred.conf_2)
+            bar.update(len(e))
+    bar.close()
+    pointmaps = PairPointmaps(edges, **{k: torch.cat(v) for k, v in kept.items()}) if heads else None
+    return PassOutput(acc, pointmaps)
+
+
+def segment(
+    attention: AttentionAccumulator,
+    features: Tensor,
+    image_size: tuple[int, int],
+    *,
+    clusters: int = 64,
+    seed: int = 42,
+    threshold: str | float = "multiotsu",
+) -> Segmentation:
+    """Attention statistics -> fused maps -> dynamic map -> cluster fusion -> thresholded masks.
+
+    Args:
+        attention: the accumulator of a pass.
+        features: ``(T, h, w, C)`` encoder features (k-means input).
+        image_size: ``(H, W)`` of the masks.
+    """
+    fused = fuse_attention(attention.stats())
+    dyn = dynamic_map(fused)
+    refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
+    masks, chosen = compute_masks(refined, image_size, threshold)
+    return Segmentation(fused, dyn, refined, labels, masks, chosen)
+
+
+class Easi3R:
+    """Training-free dynamic masks, cameras and 4D points from a video (Easi3R, ICCV 2025).
+
+    Args:
+        backbone: registry name (``"dust3r"``, ``"monst3r"``, ...), hub repo id, checkpoint path or a
+            :class:`~easi3r.backbones.Backbone`.
+        device: ``None`` picks CUDA when available (overrides ``config.device``).
+        config: an :class:`~easi3r.config.Easi3RConfig` (default: the official demo's settings).
+        mask_refiner: optional callable ``(images (T,H,W,3) uint8, masks (T,H,W) bool) -> masks`` applied to the
+            attention masks of both passes (e.g. SAM2 propagation).
+        flow_provider: optical flow for the alignment's flow term (default: OpenCV DIS).
+        **overrides: :class:`Easi3RConfig` fields by name (alignment fields may be given flat, e.g.
+            ``iterations=100``). Unknown names raise :class:`TypeError`.
+
+    Example:
+        >>> rec = Easi3R("monst3r").run("video.mp4")  # doctest: +SKIP
+        >>> rec.save("out/")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "dust3r",
+        device: str | torch.device | None = None,
+        config: Easi3RConfig | None = None,
+        *,
+        mask_refiner: MaskRefiner | None = None,
+        flow_provider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = (config or Easi3RConfig()).with_overrides(**overrides)
+        self.device = resolve_device(device if device is not None else cfg.device)
+        self.config = dataclasses.replace(cfg, device=str(self.device))
+        self.backbone = load_backbone(backbone, self.device)
+        self.backbone_name = backbone if isinstance(backbone, str) else type(backbone).__name__
+        self.mask_refiner = mask_refiner
+        self.flow_provider = flow_provider
+
+    # -- stages --------------------------------------------------------------------------------------------------
+    def load(self, frames: Any) -> Frames:
+        """Frames from any source :func:`easi3r.load_frames` accepts, with this config's size/fps/max_frames."""
+        cfg = self.config
+        loaded = load_frames(frames, cfg.image_size, fps=cfg.fps, max_frames=cfg.max_frames)
+        if len(loaded) < 2:
+            raise Easi3RInputError(
+                f"Easi3R needs at least 2 frames (the attention statistics compare pairs), got {len(loaded)}"
+            )
+        return loaded
+
+    def pairs(self, num_frames: int) -> Tensor:
+        """``(P, 2)`` int64 edges of this config's graph."""
+        cfg = self.config
+        return torch.from_numpy(make_pairs(num_frames, cfg.graph, cfg.window, cyclic=cfg.cyclic)).long()
+
+    def encode(self, frames: Frames, *, progress: bool = True) -> EncodedImages:
+        """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
+        images = frames.images
+        parts = []
+        step = max(1, self.config.pair_batch_size)
+        with torch.inference_mode():
+            for s in tqdm(range(0, len(images), step), desc="encode", unit="batch", disable=not progress,
+                          leave=False):
+                parts.append(self.backbone.encode(images[s : s + step].to(self.device)))
+        return EncodedImages(
+            torch.cat([p.tokens for p in parts]), torch.cat([p.positions for p in parts]),
+            parts[0].image_size, parts[0].patch_size,
+        )
+
+    def segment(self, output: PassOutput, encoded: EncodedImages, frames: Frames) -> Segmentation:
+        """Masks from a pass's attention statistics (and the optional refiner)."""
+        cfg = self.config
+        h, w = encoded.grid
+        features = encoded.tokens.reshape(len(encoded), h, w, -1)
+        seg = segment(output.attention, features, frames.size, clusters=cfg.clusters, seed=cfg.cluster_seed,
+                      threshold=cfg.threshold)
+        if self.mask_refiner is not None:
+            seg.masks = apply_refiner(self.mask_refiner, frames.uint8, seg.masks)
+        return seg
+
+    # -- the whole method ---------------------------------------------------------------------------------------
+    def run(self, frames: Any, *, progress: bool = True) -> Reconstruction:
+        """Run Easi3R on ``frames`` (folder, video, list of paths/arrays/PIL images, ``(T,H,W,3)`` array, Frames).
+
+        Returns:
+            A :class:`~easi3r.result.Reconstruction` (masks, attention maps, cameras, depths, points).
+        """
+        cfg = self.config
+        frames = self.load(frames)
+        edges = self.pairs(len(frames))
+        encoded = self.encode(frames, progress=progress)
+        batch = cfg.pair_batch_size
+
+        first = run_pass(self.backbone, encoded, edges, heads=not cfg.reweight, batch_size=batch,
+                         progress=progress, desc="pass 1 (attention)")
+        seg = self.segment(first, encoded, frames)
+        if cfg.reweight:
+            second = run_pass(self.backbone, encoded, edges, masks=seg.masks, heads=True, batch_size=batch,
+                              progress=progress, desc="pass 2 (re-weighted)")
+            # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
+            seg = self.segment(second, encoded, frames)
+            pointmaps = second.pointmaps
+        else:
+            pointmaps = first.pointmaps
+        del encoded
+
+        assert pointmaps is not None
+        aligned = global_align(
+            pointmaps.edges.to(self.device), pointmaps.pts_i, pointmaps.pts_j, pointmaps.conf_i, pointmaps.conf_j,
+            config=cfg.align_config(), images=frames.uint8, masks=seg.masks.to(self.device),
+            flow_provider=self.flow_provider, progress=progress,
+        )
+        return Reconstruction(
+            images=frames.uint8,
+            masks=seg.masks.cpu().numpy(),
+            dynamic_maps=seg.refined.cpu().numpy().astype(np.float32),
+            attention={k: v.cpu().numpy().astype(np.float32) for k, v in seg.fused.as_dict().items()},
+            cam2world=aligned.cam2world.detach().cpu().double().numpy(),
+            intrinsics=aligned.intrinsics.detach().cpu().double().numpy(),
+            depths=aligned.depths.detach().cpu().float().numpy(),
+            points=aligned.points.detach().cpu().float().numpy(),
+            confidence=aligned.confidence.detach().cpu().float().numpy(),
+            frame_names=list(frames.names),
+            original_sizes=list(frames.original_sizes),
+            image_size=cfg.image_size,
+            fps=frames.fps,
+            cluster_labels=seg.labels.cpu().numpy(),
+            threshold=float(seg.threshold.threshold),
+            conf_threshold=cfg.export_conf_thr,
+            backbone=str(self.backbone_name),
+        )

@@ -1,0 +1,411 @@
+"""Global alignment on a synthetic scene with known ground truth (cameras, focal, depth).
+
+The scene is a textured box room seen by a camera moving along a smooth path (translations and rotations of a few
+degrees) with one independently moving textured panel. Depth is ray-cast per frame; the pairwise "network"
+predictions are built from the true depth and relative poses (view-2 points in view-1's frame), with noise, an
+unknown scale per edge, and inconsistent points on the moving panel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import roma
+import torch
+
+from easi3r.align import (
+    DISFlow,
+    PointmapAligner,
+    alignment_residual_sum,
+    compute_edge_flows,
+    estimate_focal,
+    global_align,
+    induced_flow,
+    learning_rate,
+    masked_smooth_l1,
+    signed_expm1,
+    signed_log1p,
+)
+from easi3r.align.geometry import align_poses_sim3, decode_poses, encode_rotation_translation
+from easi3r.config import AlignConfig
+from easi3r.errors import Easi3RInputError
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+H, W, FOCAL, N_FRAMES = 64, 96, 80.0, 8
+ROOM = {"x": (-3.0, 3.0), "y": (-1.6, 1.6), "z": (-2.0, 6.0)}  # camera looks along +z, y down
+
+
+# ---------------------------------------------------------------------------------------------------- scene
+def _rot(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    return roma.rotvec_to_rotmat(torch.tensor(np.deg2rad([pitch_deg, yaw_deg, roll_deg]))).numpy()
+
+
+def _camera_path(n: int) -> np.ndarray:
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    for t in range(n):
+        s = t / (n - 1)
+        poses[t, :3, :3] = _rot(6 * math.sin(2.2 * s) - 3, 2.5 * math.sin(3 * s), 1.5 * s)
+        poses[t, :3, 3] = (-0.5 + 1.0 * s, 0.15 * math.sin(4 * s), 0.6 * s)
+    return poses
+
+
+def _panel(t: int) -> tuple[float, float]:
+    """Moving panel: plane z = 3.2, x-centre moves right-to-left independently of the camera."""
+    return 3.2, 0.9 - 0.35 * t
+
+
+def _texture(p: np.ndarray, plane: np.ndarray) -> np.ndarray:
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    a = np.sin(3.1 * x + 1.7 * y) + np.sin(2.3 * z - 2.9 * y) + 0.8 * np.sin(5.3 * (x + z)) * np.cos(4.1 * y)
+    base = 0.5 + 0.17 * a
+    tint = np.array([[0.9, 0.8, 0.7], [0.6, 0.8, 0.9], [0.8, 0.9, 0.6], [0.9, 0.6, 0.8], [0.7, 0.7, 0.9],
+                     [1.0, 0.4, 0.2]])
+    return base[..., None] * tint[plane]
+
+
+def _render(cam2world: np.ndarray, t: int, h: int, w: int, focal: float) -> tuple[np.ndarray, ...]:
+    """Ray-cast frame ``t``: z-depth ``(h, w)``, colour ``(h, w, 3)`` in [0, 1], dynamic mask ``(h, w)``."""
+    ys, xs = np.mgrid[:h, :w].astype(np.float64)
+    d_cam = np.stack(((xs - w / 2) / focal, (ys - h / 2) / focal, np.ones_like(xs)), -1)
+    R, C = cam2world[:3, :3], cam2world[:3, 3]
+    d = d_cam @ R.T
+    best = np.full((h, w), np.inf)
+    plane_id = np.zeros((h, w), int)
+    for k, (axis, bounds) in enumerate(ROOM.items()):
+        ax = "xyz".index(axis)
+        for side, c in enumerate(bounds):
+            if axis == "z" and side == 0:
+                continue  # open behind the cameras
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = (c - C[ax]) / d[..., ax]
+            ok = (lam > 0) & (lam < best)
+            best = np.where(ok, lam, best)
+            plane_id = np.where(ok, min(2 * k + side, 4), plane_id)
+    z_obj, x_obj = _panel(t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = (z_obj - C[2]) / d[..., 2]
+    hit = C + lam[..., None] * d
+    on = (lam > 0) & (lam < best) & (np.abs(hit[..., 0] - x_obj) < 0.55) & (hit[..., 1] > -0.5) & (hit[..., 1] < 0.7)
+    best = np.where(on, lam, best)
+    plane_id = np.where(on, 5, plane_id)
+    world = C + best[..., None] * d
+    # the panel's texture moves with it
+    tex_pts = np.where(on[..., None], world - np.array([x_obj, 0, 0]), world)
+    return best, _texture(tex_pts, plane_id), on
+
+
+@dataclasses.dataclass
+class Scene:
+    cam2world: torch.Tensor  # (T,4,4)
+    depth: torch.Tensor  # (T,H,W)
+    images: np.ndarray  # (T,H,W,3) uint8
+    masks: torch.Tensor  # (T,H,W) bool
+    edges: torch.Tensor
+    pts_i: torch.Tensor
+    pts_j: torch.Tensor
+    conf_i: torch.Tensor
+    conf_j: torch.Tensor
+    extent: float
+
+
+def swinstride_edges(n: int, window: int = 5) -> list[tuple[int, int]]:
+    pairs = sorted({(i, i + k) for i in range(n) for k in range(1, 2 * window, 2) if i + k < n})
+    return pairs + [(j, i) for i, j in pairs]
+
+
+def make_scene(seed: int = 0, noise: float = 0.004) -> Scene:
+    rng = np.random.default_rng(seed)
+    poses = _camera_path(N_FRAMES)
+    depth, images, masks = [], [], []
+    for t in range(N_FRAMES):
+        d, _, m = _render(poses[t], t, H, W, FOCAL)
+        # colour at 3x supersampling, box-filtered, for smoother images (DIS works on them)
+        _, col_hr, _ = _render(poses[t], t, 3 * H, 3 * W, 3 * FOCAL)
+        col = col_hr.reshape(H, 3, W, 3, 3).mean(axis=(1, 3))
+        depth.append(d)
+        images.append(np.clip(np.round(col * 255), 0, 255).astype(np.uint8))
+        masks.append(m)
+    depth = np.stack(depth)
+    ys, xs = np.mgrid[:H, :W].astype(np.float64)
+    cam = np.stack(((xs - W / 2) / FOCAL, (ys - H / 2) / FOCAL, np.ones_like(xs)), -1)[None] * depth[..., None]
+    edges = swinstride_edges(N_FRAMES)
+    pts_i, pts_j, conf_i, conf_j = [], [], [], []
+    for i, j in edges:
+        rel = np.linalg.inv(poses[i]) @ poses[j]  # camera j -> camera i
+        scale = math.exp(rng.uniform(-0.7, 0.7))
+        pi = cam[i].copy()
+        pj = cam[j] @ rel[:3, :3].T + rel[:3, 3]
+        # network-like errors: relative depth noise, and a per-pair offset on the moving panel
+        pi *= 1 + noise * rng.standard_normal((H, W, 1))
+        pj = pj + noise * np.linalg.norm(pj, axis=-1, keepdims=True) * rng.standard_normal((H, W, 3))
+        pi[masks[i]] += rng.normal(0, 0.15, 3)
+        pj[masks[j]] += rng.normal(0, 0.15, 3)
+        ci = 1 + np.exp(rng.normal(1.0, 0.3, (H, W)))
+        cj = 1 + np.exp(rng.normal(0.8, 0.3, (H, W)))
+        ci[masks[i]] = 1.3
+        cj[masks[j]] = 1.3
+        pts_i.append(pi * scale)
+        pts_j.append(pj * scale)
+        conf_i.append(ci)
+        conf_j.append(cj)
+    f32 = lambda a: torch.tensor(np.stack(a), dtype=torch.float32)  # noqa: E731
+    centres = poses[:, :3, 3]
+    extent = float(np.linalg.norm(np.array([b[1] - b[0] for b in ROOM.values()])))
+    del centres
+    return Scene(torch.tensor(poses, dtype=torch.float32), torch.tensor(depth, dtype=torch.float32),
+                 np.stack(images), torch.tensor(np.stack(masks)), torch.tensor(edges), f32(pts_i), f32(pts_j),
+                 f32(conf_i), f32(conf_j), extent)
+
+
+@pytest.fixture(scope="module")
+def scene() -> Scene:
+    return make_scene()
+
+
+def pose_errors(est: torch.Tensor, gt: torch.Tensor) -> tuple[float, float, float]:
+    """Sim(3)-align estimated camera centres to ground truth: (ATE RMSE, mean rotation error in deg, scale)."""
+    est, gt = est.double().cpu(), gt.double().cpu()
+    R, t, s = roma.rigid_points_registration(est[:, :3, 3], gt[:, :3, 3], compute_scaling=True)
+    centres = s * est[:, :3, 3] @ R.T + t
+    ate = float((centres - gt[:, :3, 3]).norm(dim=-1).square().mean().sqrt())
+    rot = R @ est[:, :3, :3]
+    rel = rot.transpose(1, 2) @ gt[:, :3, :3]
+    ang = roma.rotmat_to_rotvec(rel).norm(dim=-1).rad2deg()
+    return ate, float(ang.mean()), float(s)
+
+
+FAST = AlignConfig(iterations=200, flow_weight=0.0)
+
+
+def _to(sc: Scene, device: str) -> dict:
+    return dict(edges=sc.edges.to(device), pts_i=sc.pts_i.to(device), pts_j=sc.pts_j.to(device),
+                conf_i=sc.conf_i.to(device), conf_j=sc.conf_j.to(device))
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("device", DEVICES)
+def test_recovers_cameras_and_focal(scene: Scene, device: str) -> None:
+    res = global_align(**_to(scene, device), config=FAST, progress=False)
+    assert res.cam2world.device.type == device and res.depths.shape == (N_FRAMES, H, W)
+    ate, rot, s = pose_errors(res.cam2world, scene.cam2world)
+    assert ate <= 0.01 * scene.extent, (ate, scene.extent)
+    assert rot <= 0.5, rot
+    assert res.focals.shape == (N_FRAMES,) and bool((res.focals == res.focals[0]).all())
+    assert abs(float(res.focals[0]) / FOCAL - 1) < 0.03, float(res.focals[0])
+    assert res.loss < res.init_loss
+    # depth up to the same global scale as the trajectory, on the static pixels
+    static = ~scene.masks
+    rel_err = (res.depths.cpu() * s / scene.depth - 1).abs()[static]
+    assert float(rel_err.median()) < 0.02
+    # world points are the back-projected depths
+    K_inv = torch.linalg.inv(res.intrinsics.cpu())
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pix = torch.stack((xs, ys, torch.ones_like(xs)), -1).float()
+    cam = (pix @ K_inv[3].T) * res.depths[3].cpu()[..., None]
+    world = cam @ res.cam2world[3, :3, :3].cpu().T + res.cam2world[3, :3, 3].cpu()
+    torch.testing.assert_close(world, res.points[3].cpu(), atol=1e-4, rtol=1e-4)
+    # confidence = per-frame max of the raw confidences over both roles
+    torch.testing.assert_close(res.confidence[0].cpu(), torch.maximum(
+        scene.conf_i[scene.edges[:, 0] == 0].amax(0), scene.conf_j[scene.edges[:, 1] == 0].amax(0)))
+
+
+def test_flow_term_no_worse(scene: Scene) -> None:
+    base = global_align(**_to(scene, "cpu"), config=FAST, progress=False)
+    cfg = dataclasses.replace(FAST, flow_weight=0.01)
+    flowed = global_align(**_to(scene, "cpu"), config=cfg, images=scene.images, masks=scene.masks, progress=False)
+    ate0, rot0, _ = pose_errors(base.cam2world, scene.cam2world)
+    ate1, rot1, _ = pose_errors(flowed.cam2world, scene.cam2world)
+    assert ate1 <= ate0 * 1.1 + 1e-3 * scene.extent, (ate0, ate1)
+    assert rot1 <= rot0 * 1.1 + 0.05, (rot0, rot1)
+    assert flowed.loss != base.loss  # the term was active
+
+
+def test_known_focal_and_poses(scene: Scene) -> None:
+    free = global_align(**_to(scene, "cpu"), config=FAST, progress=False)
+    pinned = global_align(**_to(scene, "cpu"), config=FAST, known_focal=FOCAL, progress=False)
+    assert bool((pinned.focals == FOCAL).all())
+    torch.testing.assert_close(pinned.intrinsics[:, 0, 0], torch.full((N_FRAMES,), FOCAL))
+    ate_f, rot_f, _ = pose_errors(free.cam2world, scene.cam2world)
+    ate_p, rot_p, _ = pose_errors(pinned.cam2world, scene.cam2world)
+    assert ate_p <= ate_f * 1.05 + 1e-4 and rot_p <= rot_f * 1.05 + 0.02, (ate_f, ate_p, rot_f, rot_p)
+
+    # pinned poses are returned as given; the depth then comes out at the poses' (true) scale
+    posed = global_align(**_to(scene, "cpu"), config=FAST, known_poses=scene.cam2world, known_focal=FOCAL,
+                         progress=False)
+    assert torch.equal(posed.cam2world, scene.cam2world)
+    rel_err = (posed.depths / scene.depth - 1).abs()[~scene.masks]
+    assert float(rel_err.median()) < 0.02
+
+
+def test_mst_init_alone_is_close(scene: Scene) -> None:
+    """The spanning-tree init already places the cameras (before any optimisation)."""
+    res = global_align(**_to(scene, "cpu"), config=dataclasses.replace(FAST, iterations=0), progress=False)
+    ate, rot, _ = pose_errors(res.cam2world, scene.cam2world)
+    assert ate <= 0.05 * scene.extent and rot <= 2.0
+    assert res.loss == res.init_loss
+    log = res.mst_log
+    assert len(log) == N_FRAMES - 1 and log[0].placed_i and log[0].placed_j
+    assert log[0].score == max(e.score for e in log)
+
+
+# ---------------------------------------------------------------------------------------------------- units
+def test_signed_log1p_roundtrip() -> None:
+    x = torch.tensor([-5.0, -0.3, 0.0, 0.2, 7.0])
+    torch.testing.assert_close(signed_expm1(signed_log1p(x)), x)
+    torch.testing.assert_close(signed_log1p(torch.tensor([math.e - 1, -(math.e - 1)])), torch.tensor([1.0, -1.0]))
+
+
+def test_pose_encoding_roundtrip() -> None:
+    R = roma.rotvec_to_rotmat(torch.tensor([[0.1, -0.2, 0.3], [1.0, 0.5, -2.0]]))
+    t = torch.tensor([[0.5, -3.0, 10.0], [0.0, 0.1, -0.2]])
+    M = decode_poses(encode_rotation_translation(R, t))
+    torch.testing.assert_close(M[:, :3, :3], R, atol=1e-6, rtol=0)
+    torch.testing.assert_close(M[:, :3, 3], t, atol=1e-5, rtol=1e-5)
+    # an unnormalised quaternion decodes to the same rotation
+    q = encode_rotation_translation(R, t)
+    q[:, :4] *= 3.0
+    torch.testing.assert_close(decode_poses(q), M)
+
+
+def test_estimate_focal_exact_on_pinhole_points() -> None:
+    depth = 1.5 + torch.rand(H, W)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pts = torch.stack(((xs - W / 2) / 123.0, (ys - H / 2) / 123.0, torch.ones(H, W)), -1) * depth[..., None]
+    assert abs(float(estimate_focal(pts)) - 123.0) < 1e-2
+    # robust: 20 % of the points replaced by garbage barely moves the L1 estimate
+    bad = pts.clone()
+    bad[: H // 5] = torch.randn(H // 5, W, 3).abs() + 0.5
+    assert abs(float(estimate_focal(bad)) - 123.0) < 2.0
+
+
+def test_align_poses_sim3_recovers_similarity() -> None:
+    poses = torch.tensor(_camera_path(6), dtype=torch.float64)
+    R = roma.rotvec_to_rotmat(torch.tensor([0.3, -0.5, 0.2], dtype=torch.float64))
+    s, t = 2.5, torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    moved = poses.clone()
+    moved[:, :3, :3] = R @ poses[:, :3, :3]
+    moved[:, :3, 3] = s * poses[:, :3, 3] @ R.T + t
+    s_, R_, t_ = align_poses_sim3(poses, moved)
+    assert abs(float(s_) - s) < 1e-9
+    torch.testing.assert_close(R_, R)
+    torch.testing.assert_close(t_, t)
+
+
+def _loop_residual(world, pw, pred, weight, index):
+    total = 0.0
+    for e in range(pred.shape[0]):
+        a = pred[e] @ pw[e, :3, :3].T + pw[e, :3, 3]
+        total = total + ((world[index[e]] - a).norm(dim=-1) * weight[e]).sum()
+    return total
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("block", [7, None])
+def test_residual_sum_matches_per_edge_loop(device: str, block: int | None) -> None:
+    g = torch.Generator().manual_seed(0)
+    T, P, N = 4, 9, 50
+    world = torch.randn(T, N, 3, generator=g).to(device).requires_grad_()
+    pw = torch.randn(P, 4, 4, generator=g).to(device).requires_grad_()
+    pred = torch.randn(P, N, 3, generator=g).to(device)
+    weight = torch.rand(P, N, generator=g).to(device)
+    index = torch.randint(0, T, (P,), generator=g).to(device)
+    pred[0, 3] = world.detach()[index[0], 3]  # a zero residual: gradient must stay finite (0)
+    pw.data[0] = torch.eye(4, device=device)
+    fast = alignment_residual_sum(world, pw, pred, weight, index, block=block)
+    gw, gp = torch.autograd.grad(fast, (world, pw))
+    ref = _loop_residual(world, pw, pred, weight, index)
+    rw, rp = torch.autograd.grad(ref, (world, pw))
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gp, rp, rtol=1e-5, atol=1e-4)
+    assert bool(torch.isfinite(gw).all())
+    with torch.no_grad():
+        torch.testing.assert_close(alignment_residual_sum(world, pw, pred, weight, index), ref.detach())
+
+
+def test_induced_flow_matches_projection() -> None:
+    """Ego flow = projection of the back-projected pixel into the other camera (hand-built case)."""
+    h, w, f = 6, 8, 10.0
+    K = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
+    depth = torch.full((1, h, w), 4.0)
+    src = torch.eye(4)[None]
+    dst = torch.eye(4)[None].clone()
+    dst[0, 0, 3] = 0.4  # camera moved right by 0.4: static points move left by f * 0.4 / 4 = 1 px
+    flow = induced_flow(depth, src, dst, torch.linalg.inv(K)[None], K[None])
+    torch.testing.assert_close(flow[0, 0], torch.full((h, w), -1.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flow[0, 1], torch.zeros(h, w), atol=1e-4, rtol=0)
+
+
+def test_masked_smooth_l1_hand_values() -> None:
+    est = torch.tensor([0.0, 0.5, 3.0, 100.0]).reshape(1, 2, 1, 2)
+    gt = torch.zeros(1, 2, 1, 2)
+    valid = torch.tensor([True, True]).reshape(1, 1, 1, 2)
+    # elements: 0 -> 0, 0.5 -> 0.125, 3 -> 2.5, 100 -> 99.5 (dropped: >= 50); mean over 3 kept
+    assert abs(float(masked_smooth_l1(est, gt, valid, 50.0)) - (0.125 + 2.5) / (3 + 1e-6)) < 1e-6
+    valid[..., 1] = False  # second pixel excluded: elements 0 and 3 remain
+    assert abs(float(masked_smooth_l1(est, gt, valid, 50.0)) - 2.5 / (2 + 1e-6)) < 1e-6
+
+
+def test_dis_flow_and_pair_reuse(scene: Scene) -> None:
+    calls: list[tuple[int, int]] = []
+    dis = DISFlow()
+    frames = scene.images
+
+    def provider(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        calls.append((int(a.sum()), int(b.sum())))
+        return dis(a, b)
+
+    edges = torch.tensor([[0, 1], [1, 0], [0, 1]])
+    fij, fji = compute_edge_flows(frames, edges, provider)
+    assert fij.shape == (3, 2, H, W) and len(calls) == 2  # (0,1) and (1,0) once each
+    torch.testing.assert_close(fij[1], fji[0])
+    # DIS agrees with the ego-motion flow on most static pixels
+    ego = induced_flow(scene.depth[:1], scene.cam2world[:1], scene.cam2world[1:2],
+                       torch.linalg.inv(torch.tensor([[FOCAL, 0, W / 2], [0, FOCAL, H / 2], [0, 0, 1]]))[None],
+                       torch.tensor([[FOCAL, 0, W / 2], [0, FOCAL, H / 2], [0, 0, 1]])[None])
+    err = (fij[0] - ego[0]).norm(dim=0)[~scene.masks[0]]
+    assert float(err.median()) < 1.0
+
+
+def test_learning_rate_schedules() -> None:
+    assert learning_rate(0, 100, 0.01, 1e-3) == 0.01
+    assert abs(learning_rate(50, 100, 0.01, 1e-3) - 0.0055) < 1e-12
+    assert abs(learning_rate(50, 100, 0.01, 1e-3, "cosine") - 0.0055) < 1e-12
+    assert abs(learning_rate(100, 100, 0.01, 1e-3, "cosine") - 1e-3) < 1e-12
+
+
+def test_input_errors(scene: Scene) -> None:
+    kw = _to(scene, "cpu")
+    with pytest.raises(Easi3RInputError, match="pts_j"):
+        global_align(**{**kw, "pts_j": kw["pts_j"][:, :-1]}, config=FAST, progress=False)
+    bad = kw["conf_i"].clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(Easi3RInputError, match="conf_i"):
+        global_align(**{**kw, "conf_i": bad}, config=FAST, progress=False)
+    with pytest.raises(Easi3RInputError, match="at least 2 frames"):
+        global_align(torch.tensor([[0, 0]]), kw["pts_i"][:1], kw["pts_j"][:1], kw["conf_i"][:1],
+                     kw["conf_j"][:1], config=FAST, progress=False)
+    with pytest.raises(Easi3RInputError, match="known_poses"):
+        global_align(**kw, config=FAST, known_poses=torch.eye(4).repeat(3, 1, 1), n_frames=N_FRAMES,
+                     progress=False)
+    with pytest.raises(Easi3RInputError, match="images"):
+        global_align(**kw, config=dataclasses.replace(FAST, flow_weight=0.01), progress=False)
+    with pytest.raises(Easi3RInputError, match="edges"):
+        global_align(kw["edges"].float(), kw["pts_i"], kw["pts_j"], kw["conf_i"], kw["conf_j"], progress=False)
+
+
+def test_aligner_state_accessors(scene: Scene) -> None:
+    al = PointmapAligner(**_to(scene, "cpu"), config=FAST)
+    al.init_mst()
+    assert al.get_cam2world().shape == (N_FRAMES, 4, 4)
+    torch.testing.assert_close(al.get_cam2world()[al.mst.log[0].i], torch.eye(4) * 1.0, atol=1e-6, rtol=0)
+    scale = al.get_pw_scale()
+    assert abs(float(scale.log().mean().exp()) - 0.5) < 1e-5  # geometric mean normalised to base_scale
+    pw = al.get_pw_poses()
+    torch.testing.assert_close(torch.linalg.det(pw[:, :3, :3]), scale**3, rtol=1e-4, atol=0)
+    K = al.get_intrinsics()
+    torch.testing.assert_close(K[:, :2, 2], torch.tensor([W / 2, H / 2]).expand(N_FRAMES, 2))
