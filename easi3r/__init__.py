@@ -13,6 +13,8 @@ from .backbones import Backbone, load_backbone
 from .config import AlignConfig, Easi3RConfig
 from .errors import CheckpointError, Easi3RInputError
 from .frames import Frames, load_frames
+from .pipeline import Easi3R
+from .result import Reconstruction
 
 __version__ = "0.1.0"
 
@@ -20,9 +22,11 @@ __all__ = [
     "AlignConfig",
     "Backbone",
     "CheckpointError",
+    "Easi3R",
     "Easi3RConfig",
     "Easi3RInputError",
     "Frames",
+    "Reconstruction",
     "__version__",
     "load_backbone",
     "load_frames",

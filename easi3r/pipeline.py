@@ -38,7 +38,7 @@ from .pairs import make_pairs
 from .result import Reconstruction
 from .segment import MaskRefiner, ThresholdResult, apply_refiner, cluster_fuse, compute_masks
 
-__all__ = ["Easi3R", "PairPointmaps", "PassOutput", "Segmentation", "run_pass", "segment"]
+__all__ = ["Easi3R", "PairPointmaps", "PassOutput", "Segmentation", "Trace", "run_pass", "segment"]
 
 
 @dataclass
@@ -60,10 +60,15 @@ class PairPointmaps:
 
 @dataclass
 class PassOutput:
-    """One pass over the pairs: streamed attention statistics, and the pointmaps when heads were run."""
+    """One pass over the pairs: streamed attention statistics, and the pointmaps when heads were run.
+
+    ``pair_maps`` holds the per-pair readout ``(cross_attn_1, cross_attn_2)``, each ``(P, h, w, C)``, only when
+    asked for (``keep_maps=True``): the pipeline itself never needs them.
+    """
 
     attention: AttentionAccumulator
     pointmaps: PairPointmaps | None
+    pair_maps: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -95,6 +100,7 @@ def run_pass(
     masks: Tensor | None = None,
     heads: bool = False,
     batch_size: int = 4,
+    keep_maps: bool = False,
     progress: bool = True,
     desc: str = "pass",
 ) -> PassOutput:
@@ -107,6 +113,7 @@ def run_pass(
         masks: ``(T, H, W)`` bool dynamic masks for the re-weighted pass (None: plain attention).
         heads: run the heads and keep the pointmaps (pass 2).
         batch_size: pairs per network call.
+        keep_maps: also return the per-pair readout maps (inspection and tests; O(P) memory).
 
     Returns:
         :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
@@ -114,6 +121,7 @@ def run_pass(
     num_frames = len(encoded)
     acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels)
     kept: dict[str, list[Tensor]] = {"pts_i": [], "pts_j": [], "conf_i": [], "conf_j": []}
+    maps: tuple[list[Tensor], list[Tensor]] = ([], [])
     device = encoded.tokens.device
     dev_masks = masks.to(device) if masks is not None else None
     bar = tqdm(total=len(edges), desc=desc, unit="pair", disable=not progress, leave=False)
@@ -129,6 +137,9 @@ def run_pass(
                 heads=heads,
             )
             acc.add(e, pred.cross_attn_1, pred.cross_attn_2)
+            if keep_maps:
+                maps[0].append(pred.cross_attn_1.cpu())
+                maps[1].append(pred.cross_attn_2.cpu())
             if heads:
                 kept["pts_i"].append(pred.pts3d_1)
                 kept["pts_j"].append(pred.pts3d_2)
@@ -137,7 +148,8 @@ def run_pass(
             bar.update(len(e))
     bar.close()
     pointmaps = PairPointmaps(edges, **{k: torch.cat(v) for k, v in kept.items()}) if heads else None
-    return PassOutput(acc, pointmaps)
+    pair_maps = (torch.cat(maps[0]), torch.cat(maps[1])) if keep_maps else None
+    return PassOutput(acc, pointmaps, pair_maps)
 
 
 def segment(
@@ -161,6 +173,29 @@ def segment(
     refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
     masks, chosen = compute_masks(refined, image_size, threshold)
     return Segmentation(fused, dyn, refined, labels, masks, chosen)
+
+
+@dataclass
+class Trace:
+    """Intermediates of one :meth:`Easi3R.run`, filled in when passed as ``run(..., trace=Trace())``.
+
+    Attributes:
+        keep_pair_maps: also keep every pair's readout maps in ``pass1`` / ``pass2`` (memory O(pairs)).
+        frames, edges, features: the inputs of the stages (``features``: ``(T, h, w, C)`` encoder tokens).
+        pass1, pass2: :class:`PassOutput` of both passes (``pass2`` is None when re-weighting is off).
+        segmentation1, segmentation2: masks and maps of each pass (``segmentation2`` gives the final masks).
+        alignment: the :class:`~easi3r.align.Alignment`.
+    """
+
+    keep_pair_maps: bool = False
+    frames: Frames | None = None
+    edges: Tensor | None = None
+    features: Tensor | None = None
+    pass1: PassOutput | None = None
+    pass2: PassOutput | None = None
+    segmentation1: Segmentation | None = None
+    segmentation2: Segmentation | None = None
+    alignment: Any = None
 
 
 class Easi3R:
@@ -242,26 +277,37 @@ class Easi3R:
         return seg
 
     # -- the whole method ---------------------------------------------------------------------------------------
-    def run(self, frames: Any, *, progress: bool = True) -> Reconstruction:
+    def run(self, frames: Any, *, progress: bool = True, trace: Trace | None = None) -> Reconstruction:
         """Run Easi3R on ``frames`` (folder, video, list of paths/arrays/PIL images, ``(T,H,W,3)`` array, Frames).
+
+        Args:
+            frames: the video.
+            progress: tqdm bars for every stage.
+            trace: a :class:`Trace` to fill with the intermediates (attention statistics, masks of both passes,
+                pointmaps, alignment state).
 
         Returns:
             A :class:`~easi3r.result.Reconstruction` (masks, attention maps, cameras, depths, points).
         """
         cfg = self.config
+        trace = trace if trace is not None else Trace()
         frames = self.load(frames)
         edges = self.pairs(len(frames))
         encoded = self.encode(frames, progress=progress)
-        batch = cfg.pair_batch_size
+        batch, keep = cfg.pair_batch_size, trace.keep_pair_maps
+        trace.frames, trace.edges = frames, edges
+        trace.features = encoded.tokens.reshape(len(encoded), *encoded.grid, -1).cpu()
 
-        first = run_pass(self.backbone, encoded, edges, heads=not cfg.reweight, batch_size=batch,
+        first = run_pass(self.backbone, encoded, edges, heads=not cfg.reweight, batch_size=batch, keep_maps=keep,
                          progress=progress, desc="pass 1 (attention)")
         seg = self.segment(first, encoded, frames)
+        trace.pass1, trace.segmentation1 = first, seg
         if cfg.reweight:
             second = run_pass(self.backbone, encoded, edges, masks=seg.masks, heads=True, batch_size=batch,
-                              progress=progress, desc="pass 2 (re-weighted)")
+                              keep_maps=keep, progress=progress, desc="pass 2 (re-weighted)")
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, encoded, frames)
+            trace.pass2, trace.segmentation2 = second, seg
             pointmaps = second.pointmaps
         else:
             pointmaps = first.pointmaps
@@ -273,6 +319,7 @@ class Easi3R:
             config=cfg.align_config(), images=frames.uint8, masks=seg.masks.to(self.device),
             flow_provider=self.flow_provider, progress=progress,
         )
+        trace.alignment = aligned
         return Reconstruction(
             images=frames.uint8,
             masks=seg.masks.cpu().numpy(),

@@ -1,13 +1,11 @@
 """Shared fixtures: the official reference data copied into the project, and the tiny network run on it.
 
-The network outputs over the fixture's 18 pairs take a minute or two on CPU, so they are computed once per
-session and cached under pytest's cache directory, keyed by a hash of the backbone sources and the fixture
-files, so a change to the network code always recomputes them.
+The network outputs over the fixture's 18 pairs take a minute or two on CPU, so the whole pipeline runs once per
+session (:func:`fixture_run`) and the tests that need network outputs read its intermediates.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ import pytest
 import torch
 
 REF = Path(__file__).parent / "data" / "reference"
-PKG = Path(__file__).parents[1] / "easi3r"
 
 
 @pytest.fixture(scope="session")
@@ -45,54 +42,50 @@ def tiny_backbone(tiny_checkpoint):
     return load_backbone(tiny_checkpoint, device="cpu")
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for path in sorted((PKG / "backbones").glob("*.py")) + [PKG / "reweight.py"]:
-        h.update(path.read_bytes())
-    for name in ("tiny_dust3r.pth", "preprocess.npz", "pipeline.npz"):
-        h.update((REF / name).read_bytes())
-    return h.hexdigest()[:16]
+FRAME_FILES = [REF / "frames" / f"frame_{k:02d}.png" for k in range(6)]
 
-
-def _run_reference_pairs(backbone) -> dict[str, np.ndarray]:
-    """Both passes over the fixture's pair list; pass 2 uses the official pass-1 masks (pipeline.npz)."""
-    pre = np.load(REF / "preprocess.npz")
-    pl = np.load(REF / "pipeline.npz")
-    edges = torch.from_numpy(pl["pairs"]).long()
-    masks = torch.from_numpy(pl["p1_dynamic_masks"]).bool()
-    out: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad():
-        enc = backbone.encode(torch.from_numpy(pre["img"]))
-        for s in range(0, len(edges), 3):
-            e = edges[s : s + 3]
-            p1 = backbone.forward_pair(enc[e[:, 0]], enc[e[:, 1]], heads=False)
-            p2 = backbone.forward_pair(
-                enc[e[:, 0]], enc[e[:, 1]], dynamic_mask1=masks[e[:, 0]], dynamic_mask2=masks[e[:, 1]]
-            )
-            for key, val in (
-                ("p1_cross_attn_1", p1.cross_attn_1), ("p1_cross_attn_2", p1.cross_attn_2),
-                ("p2_cross_attn_1", p2.cross_attn_1), ("p2_cross_attn_2", p2.cross_attn_2),
-                ("pts_i", p2.pts3d_1), ("pts_j", p2.pts3d_2), ("conf_i", p2.conf_1), ("conf_j", p2.conf_2),
-            ):
-                out.setdefault(key, []).append(val)
-    arrays = {k: torch.cat(v).numpy() for k, v in out.items()}
-    arrays["edges"] = edges.numpy()
-    arrays["features"] = enc.tokens.reshape(len(enc), *enc.grid, -1).numpy()
-    return arrays
+#: Alignment iterations of the end-to-end run (the alignment itself is checked at 100 in test_align_reference).
+E2E_ITERATIONS = 10
 
 
 @pytest.fixture(scope="session")
-def reference_outputs(request, tiny_backbone) -> dict[str, torch.Tensor]:
-    """Our network's outputs on the fixture pairs: pass-1/pass-2 readout maps, pass-2 pointmaps, features."""
-    cache = request.config.cache.mkdir("easi3r_reference") / f"outputs_{_source_hash()}.npz"
-    if cache.exists():
-        arrays = dict(np.load(cache))
-    else:
-        arrays = _run_reference_pairs(tiny_backbone)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+def fixture_frames() -> list[Path]:
+    return list(FRAME_FILES)
+
+
+@pytest.fixture(scope="session")
+def fixture_run(tiny_checkpoint):
+    """``Easi3R(<tiny checkpoint>).run(<fixture frames>)`` once per session, with every intermediate kept.
+
+    Returns ``(reconstruction, trace)``. The network work (both passes over the 18 pairs at 384x512) dominates
+    the suite's run time, so every test that needs network outputs on the fixture reads them from here.
+    """
+    from easi3r.pipeline import Easi3R, Trace
+
+    runner = Easi3R(backbone=tiny_checkpoint, device="cpu", iterations=E2E_ITERATIONS)
+    trace = Trace(keep_pair_maps=True)
+    rec = runner.run(FRAME_FILES, progress=False, trace=trace)
+    return rec, trace
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(fixture_run) -> dict[str, torch.Tensor]:
+    """Our pipeline's network outputs on the fixture pairs (pass-2 re-weighted by *our* pass-1 masks)."""
+    _, trace = fixture_run
+    p1, p2 = trace.pass1, trace.pass2
+    pm = p2.pointmaps
+    return {
+        "edges": trace.edges,
+        "features": trace.features,
+        "p1_cross_attn_1": p1.pair_maps[0],
+        "p1_cross_attn_2": p1.pair_maps[1],
+        "p2_cross_attn_1": p2.pair_maps[0],
+        "p2_cross_attn_2": p2.pair_maps[1],
+        "pts_i": pm.pts_i,
+        "pts_j": pm.pts_j,
+        "conf_i": pm.conf_i,
+        "conf_j": pm.conf_j,
+    }
 
 
 @pytest.fixture(scope="session")

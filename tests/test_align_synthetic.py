@@ -167,13 +167,19 @@ def scene() -> Scene:
 
 
 def pose_errors(est: torch.Tensor, gt: torch.Tensor) -> tuple[float, float, float]:
-    """Sim(3)-align estimated camera centres to ground truth: (ATE RMSE, mean rotation error in deg, scale)."""
+    """Sim(3)-align the estimated trajectory to ground truth: (ATE RMSE, mean rotation error in deg, scale).
+
+    The rotation of the similarity is fitted on the camera orientations (chordal mean of ``R_gt R_est^T``), the
+    scale and translation on the camera centres given that rotation (least squares).
+    """
     est, gt = est.double().cpu(), gt.double().cpu()
-    R, t, s = roma.rigid_points_registration(est[:, :3, 3], gt[:, :3, 3], compute_scaling=True)
-    centres = s * est[:, :3, 3] @ R.T + t
-    ate = float((centres - gt[:, :3, 3]).norm(dim=-1).square().mean().sqrt())
-    rot = R @ est[:, :3, :3]
-    rel = rot.transpose(1, 2) @ gt[:, :3, :3]
+    R = roma.special_procrustes((gt[:, :3, :3] @ est[:, :3, :3].transpose(1, 2)).sum(0))
+    ce, cg = est[:, :3, 3], gt[:, :3, 3]
+    de, dg = (ce - ce.mean(0)) @ R.T, cg - cg.mean(0)
+    s = (de * dg).sum() / de.square().sum()
+    centres = s * de + cg.mean(0)
+    ate = float((centres - cg).norm(dim=-1).square().mean().sqrt())
+    rel = (R @ est[:, :3, :3]).transpose(1, 2) @ gt[:, :3, :3]
     ang = roma.rotmat_to_rotvec(rel).norm(dim=-1).rad2deg()
     return ate, float(ang.mean()), float(s)
 

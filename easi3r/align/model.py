@@ -54,7 +54,7 @@ class _ResidualSum(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, world: Tensor, transforms: Tensor, pred: Tensor, weight: Tensor, index: Tensor,
-        block: int, with_grad: bool,
+        block: int, with_grad: bool, log_weight: bool,
     ) -> Tensor:
         n_edges, n_pix, _ = pred.shape
         rot_t = transforms[:, :3, :3].transpose(-1, -2)
@@ -71,6 +71,8 @@ class _ResidualSum(torch.autograd.Function):
             resid.sub_(torch.baddbmm(trans, src, rot_t))
             norm = torch.linalg.vector_norm(resid, dim=-1)
             w = weight[:, start:stop]
+            if log_weight:
+                w = w.log()
             total += torch.dot(norm.reshape(-1), w.reshape(-1)).double()
             if with_grad:
                 # d||r||/dr = r/||r||, taken as 0 at r = 0 like torch's norm backward.
@@ -92,11 +94,18 @@ class _ResidualSum(torch.autograd.Function):
         if not ctx.with_grad:
             raise RuntimeError("alignment_residual_sum was evaluated without gradient tracking")
         grad_world, grad_transforms = ctx.saved_tensors
-        return grad_world * grad_out, grad_transforms * grad_out, None, None, None, None, None
+        return grad_world * grad_out, grad_transforms * grad_out, None, None, None, None, None, None
 
 
 def alignment_residual_sum(
-    world: Tensor, transforms: Tensor, pred: Tensor, weight: Tensor, index: Tensor, *, block: int | None = None,
+    world: Tensor,
+    transforms: Tensor,
+    pred: Tensor,
+    weight: Tensor,
+    index: Tensor,
+    *,
+    log_weight: bool = False,
+    block: int | None = None,
 ) -> Tensor:
     """Confidence-weighted point distance summed over all edges and pixels (vectorised over edges).
 
@@ -110,6 +119,8 @@ def alignment_residual_sum(
         transforms: ``(P, 4, 4)`` per-edge affine transforms.
         pred: ``(P, N, 3)`` per-edge points. ``weight``: ``(P, N)`` per-pixel weights.
         index: ``(P,)`` int64 frame of each edge.
+        log_weight: use ``log(weight)`` as the weight (raw confidences in, the official ``conf='log'``), taken
+            block by block so that no ``(P, N)`` log-confidence copy is stored.
         block: pixels per block (all edges at once); default keeps a block near 2^20 edge-pixels (CPU) or
             2^25 (GPU).
 
@@ -121,7 +132,7 @@ def alignment_residual_sum(
         budget = 1 << (25 if pred.device.type == "cuda" else 20)
         block = max(256, budget // max(n_edges, 1))
     with_grad = torch.is_grad_enabled() and (world.requires_grad or transforms.requires_grad)
-    return _ResidualSum.apply(world, transforms, pred, weight, index, min(block, n_pix), with_grad)
+    return _ResidualSum.apply(world, transforms, pred, weight, index, min(block, n_pix), with_grad, log_weight)
 
 
 def relative_pose_loss(cam2world: Tensor, translation_weight: float = 1.0) -> Tensor:
@@ -238,8 +249,6 @@ class PointmapAligner(nn.Module):
         self.register_buffer("pred_j", pts_j.reshape(n_edges, h * w, 3), persistent=False)
         self.register_buffer("conf_i", conf_i, persistent=False)
         self.register_buffer("conf_j", conf_j, persistent=False)
-        self.register_buffer("weight_i", conf_i.log().reshape(n_edges, h * w), persistent=False)
-        self.register_buffer("weight_j", conf_j.log().reshape(n_edges, h * w), persistent=False)
         self.register_buffer("im_conf", image_confidence(edges, conf_i, conf_j, n), persistent=False)
         self.register_buffer("grid", pixel_grid(h, w, device=device).reshape(-1, 2).to(dtype), persistent=False)
         pp = torch.tensor((w / 2, h / 2), dtype=dtype, device=device)
@@ -407,8 +416,11 @@ class PointmapAligner(nn.Module):
         world = self._world_points()
         pw = self.get_pw_poses()
         area = float(self.n_edges * self.height * self.width)
-        li = alignment_residual_sum(world, pw, self.pred_i, self.weight_i, self.edges[:, 0], block=self.block)
-        lj = alignment_residual_sum(world, pw, self.pred_j, self.weight_j, self.edges[:, 1], block=self.block)
+        n_edges = self.n_edges
+        li = alignment_residual_sum(world, pw, self.pred_i, self.conf_i.reshape(n_edges, -1), self.edges[:, 0],
+                                    log_weight=True, block=self.block)
+        lj = alignment_residual_sum(world, pw, self.pred_j, self.conf_j.reshape(n_edges, -1), self.edges[:, 1],
+                                    log_weight=True, block=self.block)
         return li / area, lj / area
 
     def forward(self, iteration: int | None = None) -> Tensor:

@@ -93,7 +93,7 @@ def run_optimisation(
             loss = aligner(it)
             loss.backward()
             optimizer.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             bar.set_postfix_str(f"lr={lr:.2e} loss={loss_value:.5g}")
     return loss_value
 

@@ -3,8 +3,8 @@
 Both heads map decoder tokens of one view to a ``(B, 4, H, W)`` raw map (xyz + confidence logit), which
 :func:`postprocess` turns into points and confidences:
 
-.. math:: \\mathbf{p} = \\frac{\\mathbf{x}}{\\max(\\lVert\\mathbf{x}\\rVert, 10^{-8})}\\,(e^{\\lVert\\mathbf{x}\\rVert} - 1),
-          \\qquad c = 1 + e^{x_c}.
+.. math:: \\mathbf{p} = \\frac{\\mathbf{x}}{\\max(\\lVert\\mathbf{x}\\rVert, 10^{-8})}
+          \\,(e^{\\lVert\\mathbf{x}\\rVert} - 1), \\qquad c = 1 + e^{x_c}.
 """
 
 from __future__ import annotations
