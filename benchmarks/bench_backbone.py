@@ -8,19 +8,21 @@ Full ViT-L / ViT-B / DPT configuration with random weights, one 512x288 pair, on
 * ``naive``: explicit attention (logits, softmax, @v) and every layer's full ``(B, heads, N, N)`` logit matrix kept,
   as the official implementation does.
 
-Peak memory is measured per variant in a fresh subprocess (``ru_maxrss`` high-water mark minus the level after
-building the model and encoding, so the weights are not counted), plus the bytes the readout and the naive recorder
-hold. Run: ``python benchmarks/bench_backbone.py [--device cuda] [--repeats 5]``.
+Peak memory is measured per variant in a fresh subprocess: on CUDA ``max_memory_allocated``; on CPU the resident set
+size sampled every millisecond by a thread during ``forward_pair``, minus the level just before it (weights and the
+encoded tokens are not counted). The bytes the readout and the naive recorder hold
+are reported too. Run: ``python benchmarks/bench_backbone.py [--device cuda] [--repeats 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -63,21 +65,45 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_during(fn):
+    """Run ``fn`` while a thread samples the resident set size every millisecond; returns (result, peak - start)."""
+    start = rss_bytes()
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    return result, max(peak[0], rss_bytes()) - start
+
+
 def child(variant: str, device: str) -> None:
-    """One variant in a fresh process: peak memory above the post-encode level."""
+    """One variant in a fresh process: peak memory above the level after building the model and encoding."""
     net, enc = build(device)
+    run_variant(net, enc, "plain")  # warm-up: allocator pools and kernels are set up before measuring
     sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    _, probe = run_variant(net, enc, variant)
-    sync(device)
-    if device.startswith("cuda"):
+        _, probe = run_variant(net, enc, variant)
+        sync(device)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        (_, probe), peak = peak_rss_during(lambda: run_variant(net, enc, variant))
     print(json.dumps({"peak": peak, "held": held_bytes(probe)}))
 
 
