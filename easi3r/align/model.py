@@ -187,14 +187,14 @@ def check_pairwise_inputs(
         raise Easi3RInputError("confidences must be positive (raw network confidences are >= 1)")
     if bool((edges < 0).any()):
         raise Easi3RInputError("edges contains negative frame indices")
-    if bool((edges[:, 0] == edges[:, 1]).any()):
-        raise Easi3RInputError("edges contains a self-pair (i, i)")
     n_max = int(edges.max()) + 1
     t_frames = n_max if n_frames is None else int(n_frames)
     if t_frames < n_max:
         raise Easi3RInputError(f"edges index frame {n_max - 1} but only {t_frames} frames were given")
     if t_frames < 2:
         raise Easi3RInputError(f"global alignment needs at least 2 frames, got {t_frames}")
+    if bool((edges[:, 0] == edges[:, 1]).any()):
+        raise Easi3RInputError("edges contains a self-pair (i, i)")
     seen = torch.zeros(t_frames, dtype=torch.bool, device=edges.device)
     seen[edges.reshape(-1)] = True
     if not bool(seen.all()):
@@ -441,7 +441,7 @@ class PointmapAligner(nn.Module):
         ):
             flow = self.flow_loss()
             # The reference drops the term for any iteration whose value exceeds the threshold.
-            if not (cfg.flow_threshold > 0 and float(flow) > cfg.flow_threshold):
+            if not (cfg.flow_threshold > 0 and float(flow.detach()) > cfg.flow_threshold):
                 loss = loss + self.flow_weight * flow
         return loss
 
