@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from memory import peak_rss_during
 
 from easi3r.backbones import CrossAttentionReadout, ScoreMatrixRecorder, create_backbone
 
@@ -63,32 +62,6 @@ def held_bytes(probe) -> int:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_during(fn):
-    """Run ``fn`` while a thread samples the resident set size every millisecond; returns (result, peak - start)."""
-    start = rss_bytes()
-    peak = [start]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        result = fn()
-    finally:
-        done.set()
-        thread.join()
-    return result, max(peak[0], rss_bytes()) - start
 
 
 def child(variant: str, device: str) -> None:

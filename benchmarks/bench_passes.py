@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from memory import peak_rss_during
 
 from easi3r.attention import aggregate_attention, dynamic_map, fuse_attention
 from easi3r.backbones import DUSt3R, DUSt3RConfig, ScoreMatrixRecorder, create_backbone
@@ -39,11 +38,6 @@ CASES = {
     "vitl": dict(frames=6, config=None),  # the published ViT-L / ViT-B / DPT architecture
 }
 SIZE = (288, 512)
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def build(case: str):
@@ -107,23 +101,10 @@ def naive_passes(net, images, edges):
 def child(case: str, variant: str) -> None:
     net, images, edges = build(case)
     fn = easi3r_passes if variant == "easi3r" else naive_passes
-    start = rss_bytes()
-    peak = [start]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
     t0 = time.perf_counter()
-    masks, _ = fn(net, images, edges)
+    (masks, _), peak = peak_rss_during(lambda: fn(net, images, edges))
     elapsed = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    print(json.dumps({"time": elapsed, "peak": max(peak[0], rss_bytes()) - start, "pairs": len(edges),
+    print(json.dumps({"time": elapsed, "peak": peak, "pairs": len(edges),
                       "masks": masks.flatten().nonzero().flatten()[:2000].tolist(),
                       "dynamic": int(masks.sum())}))
 

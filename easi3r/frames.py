@@ -108,10 +108,12 @@ def _resize_plan(width: int, height: int, long_edge: int) -> tuple[tuple[int, in
     return new, resample
 
 
-def _plan(
+def resize_crop_plan(
     width: int, height: int, size: int
 ) -> tuple[tuple[int, int], int, tuple[float, float, float, float]]:
-    """Resize target ``(W, H)``, PIL filter and crop box of the official ``crop_img`` (crop=True)."""
+    """Resize target ``(W, H)``, PIL filter and crop box ``(left, top, right, bottom)`` of the official
+    ``crop_img`` (crop=True) for a ``width x height`` frame. The one home of this geometry: the evaluation's mask
+    resizing and :meth:`Reconstruction.intrinsics_at` use it too."""
     if size == 224:
         (w, h), resample = _resize_plan(width, height, round(size * max(width / height, height / width)))
         cx, cy = w // 2, h // 2
@@ -131,7 +133,7 @@ def processed_size(width: int, height: int, size: int = 512) -> tuple[int, int]:
 
     Example: ``processed_size(854, 480) == (288, 512)``; ``processed_size(1000, 1000) == (384, 512)``.
     """
-    _, _, (x0, y0, x1, y1) = _plan(width, height, size)
+    _, _, (x0, y0, x1, y1) = resize_crop_plan(width, height, size)
     return int(round(y1)) - int(round(y0)), int(round(x1)) - int(round(x0))
 
 
@@ -162,7 +164,7 @@ def preprocess_image(img: Image.Image, size: int = 512, *, name: str = "image") 
         raise Easi3RInputError(
             f"image {name!r} is {width}x{height} px; at least {MIN_SIDE} px per side is needed"
         )
-    new_size, resample, box = _plan(width, height, size)
+    new_size, resample, box = resize_crop_plan(width, height, size)
     ph, pw = processed_size(width, height, size)
     if ph < MIN_SIDE or pw < MIN_SIDE:
         raise Easi3RInputError(

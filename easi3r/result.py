@@ -29,6 +29,7 @@ from .export.images import (
 )
 from .export.mesh import write_glb, write_ply
 from .export.tum import write_tum
+from .frames import resize_crop_plan
 
 __all__ = ["ATTENTION_KEYS", "Reconstruction", "preprocess_transform"]
 
@@ -68,22 +69,15 @@ def preprocess_transform(
     W0, H0 = (int(v) for v in original_size)
     if W0 <= 0 or H0 <= 0 or image_size <= 0:
         raise Easi3RInputError(f"original_size must be positive (W, H), got {original_size}")
-    long_side = round(image_size * max(W0 / H0, H0 / W0)) if image_size == 224 else image_size
-    S = max(W0, H0)
-    Wr, Hr = int(round(W0 * long_side / S)), int(round(H0 * long_side / S))
-    cx, cy = Wr // 2, Hr // 2
-    if image_size == 224:
-        halfw = halfh = min(cx, cy)
-    else:
-        halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
-        if not square_ok and Wr == Hr:
-            halfh = 3 * halfw // 4  # halfw is a multiple of 8, so this is exact
-    W, H = 2 * halfw, 2 * halfh
+    (Wr, Hr), _, box = resize_crop_plan(W0, H0, image_size)
+    if square_ok and Wr == Hr and image_size != 224:
+        box = (box[0], box[0], box[2], box[2])  # square crop: with cx == cy the horizontal extent applies to y
+    ox, oy = int(round(box[0])), int(round(box[1]))
+    W, H = int(round(box[2])) - ox, int(round(box[3])) - oy
     if W <= 0 or H <= 0:
         raise Easi3RInputError(f"a frame of size {W0}x{H0} leaves no 16x16 patch at image_size={image_size}")
     if crop:
         sx, sy = Wr / W0, Hr / H0
-        ox, oy = cx - halfw, cy - halfh
     else:
         sx, sy = W / W0, H / H0
         ox = oy = 0

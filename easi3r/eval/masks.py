@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import Easi3RInputError
+from ..frames import resize_crop_plan
 
 __all__ = [
     "DAVIS16",
@@ -153,20 +154,8 @@ def _loader_geometry(width: int, height: int, size: int | tuple[int, int]) -> tu
         return new, (cx - tw // 2, cy - th // 2, cx - tw // 2 + tw, cy - th // 2 + th)
     if size <= 0:
         raise Easi3RInputError(f"size must be a positive int or an (H, W) tuple, got {size}")
-    if size == 224:
-        long_side = round(224 * max(width / height, height / width))
-        scale = long_side / max(width, height)
-        new = (round(width * scale), round(height * scale))
-        cx, cy = new[0] // 2, new[1] // 2
-        half = min(cx, cy)
-        return new, (cx - half, cy - half, cx + half, cy + half)
-    scale = size / max(width, height)
-    new = (round(width * scale), round(height * scale))
-    cx, cy = new[0] // 2, new[1] // 2
-    halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
-    if new[0] == new[1]:
-        halfh = 3 * halfw // 4  # square inputs become 4:3 in the loader
-    return new, (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
+    new, _, box = resize_crop_plan(width, height, size)
+    return new, tuple(int(round(v)) for v in box)
 
 
 def loader_resize_crop(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
