@@ -226,8 +226,9 @@ def main() -> None:
         if not v or not lp:
             continue
         rel = abs(v["loss0"] - lp["loss0"]) / abs(lp["loss0"])
-        print(f"  T={n:3d}: speed x{lp['iter_s'] / v['iter_s']:.2f}   extra memory x{v['extra_mb'] / lp['extra_mb']:.3f}"
-              f"   same loss: {'yes' if rel < 1e-5 else 'NO'} (rel diff {rel:.1e})")
+        print(f"  T={n:3d}: speed x{lp['iter_s'] / v['iter_s']:.2f}   "
+              f"extra memory x{v['extra_mb'] / lp['extra_mb']:.3f}   "
+              f"same loss: {'yes' if rel < 1e-5 else 'NO'} (rel diff {rel:.1e})")
     vec = [(n, rows[("vectorised", n)]) for n in args.frames if ("vectorised", n) in rows]
     if len(vec) > 1:
         print("\nvectorised extra memory per frame (MiB): "

@@ -56,7 +56,7 @@ def _state(al: PointmapAligner, golden: dict[str, np.ndarray]) -> dict[str, np.n
             "pw_poses": al.get_pw_poses().cpu().numpy(),
             "pw_scale": al.get_pw_scale().cpu().numpy(),
             "depth": _grid(al.get_depthmaps(), golden),
-            "im_focals_param": al.focal_params.detach().cpu().numpy()[None],
+            "im_focals_param": al.focal_params.detach().cpu().numpy()[None].copy(),  # no view of the Parameter
             "loss": float(al()),
         }
 

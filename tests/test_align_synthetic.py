@@ -26,6 +26,7 @@ from easi3r.align import (
     induced_flow,
     learning_rate,
     masked_smooth_l1,
+    relative_pose_loss,
     signed_expm1,
     signed_log1p,
 )
@@ -48,8 +49,8 @@ def _camera_path(n: int) -> np.ndarray:
     poses = np.tile(np.eye(4), (n, 1, 1))
     for t in range(n):
         s = t / (n - 1)
-        poses[t, :3, :3] = _rot(6 * math.sin(2.2 * s) - 3, 2.5 * math.sin(3 * s), 1.5 * s)
-        poses[t, :3, 3] = (-0.5 + 1.0 * s, 0.15 * math.sin(4 * s), 0.6 * s)
+        poses[t, :3, :3] = _rot(3 * math.sin(2.2 * s) - 1.5, 1.5 * math.sin(3 * s), 1.0 * s)
+        poses[t, :3, 3] = (-0.2 + 0.4 * s, 0.06 * math.sin(4 * s), 0.3 * s)
     return poses
 
 
@@ -213,10 +214,11 @@ def test_recovers_cameras_and_focal(scene: Scene, device: str) -> None:
     assert res.focals.shape == (N_FRAMES,) and bool((res.focals == res.focals[0]).all())
     assert abs(float(res.focals[0]) / FOCAL - 1) < 0.03, float(res.focals[0])
     assert res.loss < res.init_loss
-    # depth up to the same global scale as the trajectory, on the static pixels
-    static = ~scene.masks
-    rel_err = (res.depths.cpu() * s / scene.depth - 1).abs()[static]
-    assert float(rel_err.median()) < 0.02
+    # depth is right up to one global factor, the same factor as the trajectory's (static pixels)
+    ratio = (res.depths.cpu() / scene.depth)[~scene.masks]
+    factor = ratio.median()
+    assert float((ratio / factor - 1).abs().median()) < 0.005
+    assert abs(float(factor) * s - 1) < 0.05, (float(factor), s)
     # world points are the back-projected depths
     K_inv = torch.linalg.inv(res.intrinsics.cpu())
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
@@ -235,8 +237,9 @@ def test_flow_term_no_worse(scene: Scene) -> None:
     flowed = global_align(**_to(scene, "cpu"), config=cfg, images=scene.images, masks=scene.masks, progress=False)
     ate0, rot0, _ = pose_errors(base.cam2world, scene.cam2world)
     ate1, rot1, _ = pose_errors(flowed.cam2world, scene.cam2world)
-    assert ate1 <= ate0 * 1.1 + 1e-3 * scene.extent, (ate0, ate1)
-    assert rot1 <= rot0 * 1.1 + 0.05, (rot0, rot1)
+    # "no worse" up to a tiny tolerance: 0.05 % of the scene extent, 0.02 degree
+    assert ate1 <= ate0 + 5e-4 * scene.extent, (ate0, ate1)
+    assert rot1 <= rot0 + 0.02, (rot0, rot1)
     assert flowed.loss != base.loss  # the term was active
 
 
@@ -249,12 +252,16 @@ def test_known_focal_and_poses(scene: Scene) -> None:
     ate_p, rot_p, _ = pose_errors(pinned.cam2world, scene.cam2world)
     assert ate_p <= ate_f * 1.05 + 1e-4 and rot_p <= rot_f * 1.05 + 0.02, (ate_f, ate_p, rot_f, rot_p)
 
-    # pinned poses are returned as given; the depth then comes out at the poses' (true) scale
+    # pinned poses are returned as given and fix the world scale (pairwise scales no longer normalised). The
+    # depth comes out at nearly that scale: the distance loss rewards shrinking a scene whose scale only
+    # parallax constrains (baseline ~0.5 for depths 3-6 here), which costs a few percent, as in the reference.
     posed = global_align(**_to(scene, "cpu"), config=FAST, known_poses=scene.cam2world, known_focal=FOCAL,
                          progress=False)
     assert torch.equal(posed.cam2world, scene.cam2world)
-    rel_err = (posed.depths / scene.depth - 1).abs()[~scene.masks]
-    assert float(rel_err.median()) < 0.02
+    ratio = (posed.depths / scene.depth)[~scene.masks]
+    factor = ratio.median()
+    assert abs(float(factor) - 1) < 0.15, float(factor)
+    assert float((ratio / factor - 1).abs().median()) < 0.005
 
 
 def test_mst_init_alone_is_close(scene: Scene) -> None:
@@ -410,8 +417,11 @@ def test_input_errors(scene: Scene) -> None:
         global_align(torch.tensor([[0, 0]]), kw["pts_i"][:1], kw["pts_j"][:1], kw["conf_i"][:1],
                      kw["conf_j"][:1], config=FAST, progress=False)
     with pytest.raises(Easi3RInputError, match="known_poses"):
-        global_align(**kw, config=FAST, known_poses=torch.eye(4).repeat(3, 1, 1), n_frames=N_FRAMES,
-                     progress=False)
+        global_align(**kw, config=FAST, known_poses=torch.eye(4).repeat(3, 1, 1), progress=False)
+    with pytest.raises(Easi3RInputError, match="masks"):
+        global_align(**kw, config=FAST, masks=scene.masks[:3], progress=False)
+    with pytest.raises(Easi3RInputError, match="known_focal"):
+        global_align(**kw, config=FAST, known_focal=torch.ones(3), progress=False)
     with pytest.raises(Easi3RInputError, match="images"):
         global_align(**kw, config=dataclasses.replace(FAST, flow_weight=0.01), progress=False)
     with pytest.raises(Easi3RInputError, match="edges"):
@@ -424,8 +434,36 @@ def test_aligner_state_accessors(scene: Scene) -> None:
     assert al.get_cam2world().shape == (N_FRAMES, 4, 4)
     torch.testing.assert_close(al.get_cam2world()[al.mst.log[0].i], torch.eye(4) * 1.0, atol=1e-6, rtol=0)
     scale = al.get_pw_scale()
-    assert abs(float(scale.log().mean().exp()) - 0.5) < 1e-5  # geometric mean normalised to base_scale
-    pw = al.get_pw_poses()
-    torch.testing.assert_close(torch.linalg.det(pw[:, :3, :3]), scale**3, rtol=1e-4, atol=0)
-    K = al.get_intrinsics()
+    with torch.no_grad():
+        assert abs(float(scale.log().mean().exp()) - 0.5) < 1e-5  # geometric mean normalised to base_scale
+        pw = al.get_pw_poses()
+        torch.testing.assert_close(torch.linalg.det(pw[:, :3, :3]), scale**3, rtol=1e-4, atol=0)
+        K = al.get_intrinsics()
     torch.testing.assert_close(K[:, :2, 2], torch.tensor([W / 2, H / 2]).expand(N_FRAMES, 2))
+    # the temporal term is added with its weight when switched on
+    smooth = PointmapAligner(**_to(scene, "cpu"), config=dataclasses.replace(FAST, temporal_smoothing_weight=0.5,
+                                                                               translation_weight=2.0))
+    smooth.init_mst()
+    with torch.no_grad():
+        expected = float(al()) + 0.5 * float(relative_pose_loss(al.get_cam2world(), 2.0))
+        assert abs(float(smooth()) - expected) < 1e-5 * expected
+
+
+def test_relative_pose_loss_hand_values() -> None:
+    theta = 0.3
+    poses = torch.eye(4).repeat(3, 1, 1)
+    poses[1, :3, :3] = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, theta]))
+    poses[2] = poses[1]
+    poses[2, :3, 3] = torch.tensor([0.0, 3.0, 4.0])  # rel = translation (R1^T t) of norm 5, no rotation
+    # ||R - I||_F = 2 sqrt(2) sin(theta / 2) for a rotation by theta
+    expected = 2 * math.sqrt(2) * math.sin(theta / 2) + 0.5 * 5.0
+    assert abs(float(relative_pose_loss(poses, translation_weight=0.5)) - expected) < 1e-5
+
+
+def test_per_frame_focal_and_cosine_schedule(scene: Scene) -> None:
+    cfg = dataclasses.replace(FAST, iterations=100, shared_focal=False, schedule="cosine")
+    res = global_align(**_to(scene, "cpu"), config=cfg, progress=False)
+    assert res.focals.shape == (N_FRAMES,) and len(set(res.focals.tolist())) > 1
+    assert float((res.focals / FOCAL - 1).abs().max()) < 0.05, res.focals
+    ate, rot, _ = pose_errors(res.cam2world, scene.cam2world)
+    assert ate <= 0.01 * scene.extent and rot <= 0.5

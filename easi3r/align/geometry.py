@@ -13,7 +13,6 @@ from torch import Tensor
 
 __all__ = [
     "align_poses_sim3",
-    "apply_sim3",
     "decode_poses",
     "depth_to_camera_points",
     "encode_rotation_translation",
@@ -92,7 +91,9 @@ def depth_to_camera_points(depth: Tensor, focal: Tensor, principal_point: Tensor
     return torch.cat((d * centred / focal[:, None, None], d), dim=-1)
 
 
-def procrustes(source: Tensor, target: Tensor, weights: Tensor, *, batched: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def procrustes(
+    source: Tensor, target: Tensor, weights: Tensor, *, batched: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted similarity registration ``target ~ s R source + t`` (Umeyama, via roma).
 
     Args:
@@ -123,11 +124,6 @@ def sim3_matrix(scale: Tensor | float, rotation: Tensor, translation: Tensor) ->
     out[..., :3, 3] = translation
     out[..., 3, 3] = 1
     return out
-
-
-def apply_sim3(scale: Tensor, rotation: Tensor, translation: Tensor, points: Tensor) -> Tensor:
-    """``s R p + t`` for ``(..., 3)`` points and a single similarity."""
-    return scale * points @ rotation.transpose(-1, -2) + translation
 
 
 def estimate_focal(points: Tensor, principal_point: Tensor | None = None, iterations: int = 10) -> Tensor:
@@ -167,31 +163,23 @@ def estimate_focal(points: Tensor, principal_point: Tensor | None = None, iterat
     return focal[0] if single else focal
 
 
-def _pose_anchor_points(poses: Tensor) -> Tensor:
-    """Camera centres plus points one small step along each camera's x and z axes: ``(3T, 3)``.
-
-    The axis points make the registration of two trajectories well posed even when the centres are collinear
-    (straight-line motion) or few; the step is 1 % of the median inter-camera distance so that it scales with
-    the trajectory's own units.
-    """
-    centres = poses[:, :3, 3]
-    dist = torch.cdist(centres, centres)
-    n = len(centres)
-    off_diag = dist[~torch.eye(n, dtype=torch.bool, device=poses.device)]
-    step = off_diag.median() / 100 if n > 1 else centres.new_tensor(0.0)
-    if not torch.isfinite(step) or step <= 0:
-        step = centres.new_tensor(1e-2)
-    return torch.cat((centres, centres + step * poses[:, :3, 0], centres + step * poses[:, :3, 2]))
-
-
 def align_poses_sim3(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Similarity ``(s, R, t)`` mapping the camera trajectory ``source`` onto ``target`` (both ``(T, 4, 4)``
-    cam-to-world), fitted on camera centres and short axis segments (see :func:`_pose_anchor_points`).
+    cam-to-world): ``s R c_src + t ~ c_tgt`` for the camera centres and ``R R_src ~ R_tgt`` for the orientations.
+
+    The rotation is the chordal mean of ``R_tgt R_src^T`` (``roma.special_procrustes``): camera orientations pin it
+    even when the centres are few, collinear or noisy relative to a short baseline, where a centre-only Umeyama
+    fit is ill-conditioned. Scale and translation then solve least squares on the centres; the scale falls back
+    to 1 when the source centres do not spread (pure rotation).
 
     Returns:
-        ``s ()``, ``R (3, 3)``, ``t (3,)`` such that ``s R c_src + t ~ c_tgt`` for the camera centres.
+        ``s ()``, ``R (3, 3)``, ``t (3,)`` in the dtype of ``source``.
     """
-    src = _pose_anchor_points(source)
-    tgt = _pose_anchor_points(target)
-    rot, trans, scale = roma.rigid_points_registration(src, tgt, compute_scaling=True)
+    rot = roma.special_procrustes((target[:, :3, :3] @ source[:, :3, :3].transpose(1, 2)).sum(dim=0))
+    c_src, c_tgt = source[:, :3, 3], target[:, :3, 3]
+    d_src = (c_src - c_src.mean(dim=0)) @ rot.T
+    d_tgt = c_tgt - c_tgt.mean(dim=0)
+    spread = d_src.square().sum()
+    scale = (d_src * d_tgt).sum() / spread if float(spread) > 1e-12 else spread.new_tensor(1.0)
+    trans = c_tgt.mean(dim=0) - scale * c_src.mean(dim=0) @ rot.T
     return scale, rot, trans

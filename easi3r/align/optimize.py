@@ -135,7 +135,7 @@ def global_align(
             normalised, the known poses fix the world scale).
         pnp_override: testing hook: frame -> cam-to-world used instead of the MST's RANSAC-PnP result.
         progress: show a tqdm bar with the loss.
-        n_frames: ``T`` when it cannot be read from the edges, images or known poses.
+        n_frames: ``T``, checked against the edges (default ``edges.max() + 1``; every frame must be in an edge).
 
     Returns:
         :class:`Alignment`.
@@ -147,11 +147,6 @@ def global_align(
     cfg = AlignConfig() if config is None else config
     if not isinstance(cfg, AlignConfig):
         raise Easi3RInputError(f"config must be an AlignConfig, got {type(cfg).__name__}")
-    if n_frames is None:
-        for given in (known_poses, masks, images):
-            if given is not None and getattr(given, "ndim", 0) >= 1:
-                n_frames = int(given.shape[0])
-                break
     n = check_pairwise_inputs(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
     h, w = pts_i.shape[1:3]
     if masks is not None and tuple(masks.shape) != (n, h, w):
