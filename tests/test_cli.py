@@ -76,3 +76,38 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, fixture_frames, tiny_ch
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_eval_poses_through_the_main_cli(tmp_path, capsys):
+    import roma
+    import torch
+
+    from easi3r.export.tum import write_tum
+
+    g = torch.Generator().manual_seed(0)
+    gt = np.tile(np.eye(4), (8, 1, 1))
+    gt[:, :3, :3] = roma.random_rotmat(8, generator=g, dtype=torch.float64).numpy()
+    gt[:, :3, 3] = np.cumsum(np.random.default_rng(0).normal(size=(8, 3)), axis=0)
+    pred = gt.copy()
+    pred[:, :3, 3] *= 2.5  # a pure change of scale: zero error after Sim(3) alignment
+    write_tum(tmp_path / "gt.tum", gt)
+    write_tum(tmp_path / "pred.tum", pred)
+    out_json = tmp_path / "scores.json"
+    code = main(["eval", "poses", "--pred", str(tmp_path / "pred.tum"), "--gt", str(tmp_path / "gt.tum"),
+                 "--json", str(out_json)])
+    assert code == 0
+    import json
+
+    scores = json.loads(out_json.read_text())
+    flat = json.dumps(scores)
+    assert "ate" in flat
+    errors = [v for k, v in _numbers(scores) if k in ("ate", "rte", "rre_deg")]
+    assert len(errors) == 3 and all(abs(v) < 1e-6 for v in errors)
+
+
+def _numbers(obj, key=None):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, k)
+    elif isinstance(obj, (int, float)):
+        yield key, obj

@@ -1,16 +1,12 @@
-"""Writers and readers of the files a reconstruction is exported to."""
+"""Writers and readers of the files a reconstruction is exported to (all writes are atomic)."""
 
-from .tum import read_tum, write_tum
-
-__all__ = ["read_tum", "write_tum"]
-
-# Exporters used by Reconstruction.save.
 from .atomic import atomic_path, atomic_save_npz, atomic_write_bytes, atomic_write_text
 from .colmap import write_colmap
 from .images import attention_strip, colorize, mask_overlay, write_mask_pngs, write_png
 from .mesh import scene_with_cameras, write_glb, write_ply
+from .tum import read_tum, write_tum
 
-__all__ += [
+__all__ = [
     "atomic_path",
     "atomic_save_npz",
     "atomic_write_bytes",
@@ -18,10 +14,12 @@ __all__ += [
     "attention_strip",
     "colorize",
     "mask_overlay",
+    "read_tum",
     "scene_with_cameras",
     "write_colmap",
     "write_glb",
     "write_mask_pngs",
     "write_ply",
     "write_png",
+    "write_tum",
 ]
