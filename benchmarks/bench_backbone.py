@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from memory import peak_rss_during
+from common import peak_rss_during, randomize_weights_
 
 from easi3r.backbones import CrossAttentionReadout, ScoreMatrixRecorder, create_backbone
 
@@ -32,9 +32,7 @@ from easi3r.backbones import CrossAttentionReadout, ScoreMatrixRecorder, create_
 def build(device: str):
     torch.manual_seed(0)
     net = create_backbone("dust3r").eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in net.parameters():  # random weights of a sensible scale
-            p.normal_(0, 0.02)
+    randomize_weights_(net)
     net = net.to(device)
     img = torch.randn(2, 3, 288, 512, device=device)
     with torch.inference_mode():

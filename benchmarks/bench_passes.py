@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-from memory import peak_rss_during
+from common import peak_rss_during, randomize_weights_
 
 from easi3r.attention import aggregate_attention, dynamic_map, fuse_attention
 from easi3r.backbones import DUSt3R, DUSt3RConfig, ScoreMatrixRecorder, create_backbone
@@ -44,9 +44,7 @@ def build(case: str):
     torch.manual_seed(0)
     cfg = CASES[case]["config"]
     net = (DUSt3R(cfg) if cfg is not None else create_backbone("dust3r")).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.02)
+    randomize_weights_(net)
     T = CASES[case]["frames"]
     images = torch.randn(T, 3, *SIZE) * 0.5
     edges = torch.from_numpy(make_pairs(T, "swinstride", 5)).long()

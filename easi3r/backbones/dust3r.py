@@ -122,6 +122,10 @@ class DUSt3R(Backbone):
         (torch.Size([1, 64, 96, 3]), torch.Size([1, 4, 6, 16]))
     """
 
+    #: Pairs per head evaluation (None: the whole batch). The heads' full-resolution activations dominate the
+    #: memory of a forward pass; chunking them costs no speed on CPU and little on GPU.
+    head_chunk_size: int | None = 1
+
     def __init__(self, config: DUSt3RConfig | None = None) -> None:
         super().__init__()
         cfg = config or DUSt3RConfig()

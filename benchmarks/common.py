@@ -1,4 +1,4 @@
-"""Peak-memory measurement shared by the benchmark scripts (not part of the library).
+"""Helpers shared by the benchmark scripts (not part of the library): peak memory, random weights.
 
 On CPU, torch allocations are invisible to ``tracemalloc`` and the process's ``ru_maxrss`` only ever rises, so a
 thread samples the resident set size every millisecond while the measured function runs.
@@ -40,3 +40,25 @@ def peak_rss_during(fn: Callable[[], T], interval: float = 0.001) -> tuple[T, in
         done.set()
         thread.join()
     return result, max(peak[0], rss_bytes()) - start
+
+
+def randomize_weights_(net, seed: int = 0) -> None:
+    """Random weights that give structured attention, as the official fixture's tiny model has.
+
+    Linear/conv weights ~ N(0, (g / sqrt(fan_in))^2) with g = 1.5 for the query/key projections (sharper softmax) and
+    1 elsewhere, LayerNorm weights 1 + N(0, 0.1), biases N(0, 0.02). With near-zero weights every attention would be
+    uniform and the readout maps pure rounding noise, which makes mask comparisons meaningless.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias") or name == "mask_token":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            elif p.ndim == 1:
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                gain = 1.5 if any(k in name for k in ("attn.qkv", "projq", "projk")) else 1.0
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in**0.5)
