@@ -36,11 +36,7 @@ import torch
 from easi3r.align import PointmapAligner
 from easi3r.align.geometry import encode_rotation_translation, signed_log1p
 from easi3r.config import AlignConfig
-
-
-def swinstride_edges(n: int, window: int) -> list[tuple[int, int]]:
-    pairs = sorted({(i, i + k) for i in range(n) for k in range(1, 2 * window, 2) if i + k < n})
-    return pairs + [(j, i) for i, j in pairs]
+from easi3r.pairs import make_pairs
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -62,7 +58,7 @@ def make_problem(n: int, height: int, width: int, window: int, device: str, seed
     poses[:, :3, 3] = torch.stack((s - 0.5, 0.1 * torch.sin(4 * s), 0.5 * s), -1)
     depth = 3 + 0.4 * torch.sin(xs / 37 + 2 * s[:, None, None]) * torch.cos(ys / 23) + s[:, None, None]
     cam = rays[None] * depth[..., None]  # (T, H, W, 3)
-    edges = swinstride_edges(n, window)
+    edges = make_pairs(n, "swinstride", window).tolist()
     p = len(edges)
     pts_i = torch.empty(p, height, width, 3)
     pts_j = torch.empty(p, height, width, 3)

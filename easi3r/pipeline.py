@@ -120,9 +120,19 @@ def run_pass(
     """
     num_frames = len(encoded)
     acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels)
-    kept: dict[str, list[Tensor]] = {"pts_i": [], "pts_j": [], "conf_i": [], "conf_j": []}
-    maps: tuple[list[Tensor], list[Tensor]] = ([], [])
     device = encoded.tokens.device
+    pointmaps = None
+    if heads:
+        # Written in place batch by batch: concatenating lists at the end would hold every pointmap twice.
+        n, (hh, ww) = len(edges), encoded.image_size
+        pointmaps = PairPointmaps(
+            edges,
+            pts_i=torch.empty(n, hh, ww, 3, device=device),
+            pts_j=torch.empty(n, hh, ww, 3, device=device),
+            conf_i=torch.empty(n, hh, ww, device=device),
+            conf_j=torch.empty(n, hh, ww, device=device),
+        )
+    maps: tuple[list[Tensor], list[Tensor]] = ([], [])
     dev_masks = masks.to(device) if masks is not None else None
     bar = tqdm(total=len(edges), desc=desc, unit="pair", disable=not progress, leave=False)
     with torch.inference_mode():
@@ -140,14 +150,14 @@ def run_pass(
             if keep_maps:
                 maps[0].append(pred.cross_attn_1.cpu())
                 maps[1].append(pred.cross_attn_2.cpu())
-            if heads:
-                kept["pts_i"].append(pred.pts3d_1)
-                kept["pts_j"].append(pred.pts3d_2)
-                kept["conf_i"].append(pred.conf_1)
-                kept["conf_j"].append(pred.conf_2)
+            if pointmaps is not None:
+                rows = slice(start, start + len(e))
+                pointmaps.pts_i[rows] = pred.pts3d_1
+                pointmaps.pts_j[rows] = pred.pts3d_2
+                pointmaps.conf_i[rows] = pred.conf_1
+                pointmaps.conf_j[rows] = pred.conf_2
             bar.update(len(e))
     bar.close()
-    pointmaps = PairPointmaps(edges, **{k: torch.cat(v) for k, v in kept.items()}) if heads else None
     pair_maps = (torch.cat(maps[0]), torch.cat(maps[1])) if keep_maps else None
     return PassOutput(acc, pointmaps, pair_maps)
 
@@ -160,6 +170,8 @@ def segment(
     clusters: int = 64,
     seed: int = 42,
     threshold: str | float = "multiotsu",
+    progress: bool = False,
+    desc: str = "segment",
 ) -> Segmentation:
     """Attention statistics -> fused maps -> dynamic map -> cluster fusion -> thresholded masks.
 
@@ -167,11 +179,20 @@ def segment(
         attention: the accumulator of a pass.
         features: ``(T, h, w, C)`` encoder features (k-means input).
         image_size: ``(H, W)`` of the masks.
+        clusters, seed, threshold: see :class:`~easi3r.config.Easi3RConfig`.
+        progress: a three-step bar (fusion, k-means, threshold).
     """
-    fused = fuse_attention(attention.stats())
-    dyn = dynamic_map(fused)
-    refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
-    masks, chosen = compute_masks(refined, image_size, threshold)
+    with tqdm(total=3, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("fusing attention")
+        fused = fuse_attention(attention.stats())
+        dyn = dynamic_map(fused)
+        bar.update()
+        bar.set_postfix_str(f"k-means ({clusters} clusters)")
+        refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
+        bar.update()
+        bar.set_postfix_str("threshold")
+        masks, chosen = compute_masks(refined, image_size, threshold)
+        bar.update()
     return Segmentation(fused, dyn, refined, labels, masks, chosen)
 
 
@@ -265,13 +286,14 @@ class Easi3R:
             parts[0].image_size, parts[0].patch_size,
         )
 
-    def segment(self, output: PassOutput, encoded: EncodedImages, frames: Frames) -> Segmentation:
+    def segment(self, output: PassOutput, encoded: EncodedImages, frames: Frames, *, progress: bool = False,
+                desc: str = "segment") -> Segmentation:
         """Masks from a pass's attention statistics (and the optional refiner)."""
         cfg = self.config
         h, w = encoded.grid
         features = encoded.tokens.reshape(len(encoded), h, w, -1)
         seg = segment(output.attention, features, frames.size, clusters=cfg.clusters, seed=cfg.cluster_seed,
-                      threshold=cfg.threshold)
+                      threshold=cfg.threshold, progress=progress, desc=desc)
         if self.mask_refiner is not None:
             seg.masks = apply_refiner(self.mask_refiner, frames.uint8, seg.masks)
         return seg
@@ -300,13 +322,13 @@ class Easi3R:
 
         first = run_pass(self.backbone, encoded, edges, heads=not cfg.reweight, batch_size=batch, keep_maps=keep,
                          progress=progress, desc="pass 1 (attention)")
-        seg = self.segment(first, encoded, frames)
+        seg = self.segment(first, encoded, frames, progress=progress, desc="masks (pass 1)")
         trace.pass1, trace.segmentation1 = first, seg
         if cfg.reweight:
             second = run_pass(self.backbone, encoded, edges, masks=seg.masks, heads=True, batch_size=batch,
                               keep_maps=keep, progress=progress, desc="pass 2 (re-weighted)")
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
-            seg = self.segment(second, encoded, frames)
+            seg = self.segment(second, encoded, frames, progress=progress, desc="masks (pass 2)")
             trace.pass2, trace.segmentation2 = second, seg
             pointmaps = second.pointmaps
         else:
