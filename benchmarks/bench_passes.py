@@ -28,7 +28,7 @@ from common import peak_rss_during, randomize_weights_
 from easi3r.attention import aggregate_attention, dynamic_map, fuse_attention
 from easi3r.backbones import DUSt3R, DUSt3RConfig, ScoreMatrixRecorder, create_backbone
 from easi3r.pairs import make_pairs
-from easi3r.pipeline import run_pass, segment
+from easi3r.pipeline import encode_frames, run_pass, segment
 from easi3r.segment import cluster_fuse, compute_masks
 
 CASES = {
@@ -53,8 +53,7 @@ def build(case: str):
 
 def easi3r_passes(net, images, edges):
     net.set_fused_attention(True)
-    with torch.inference_mode():
-        enc = net.encode(images)
+    enc = encode_frames(net, images)
     features = enc.tokens.reshape(len(enc), *enc.grid, -1)
     first = run_pass(net, enc, edges, heads=False, progress=False)
     seg = segment(first.attention, features, SIZE)

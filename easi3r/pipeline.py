@@ -38,7 +38,16 @@ from .pairs import make_pairs
 from .result import Reconstruction
 from .segment import MaskRefiner, ThresholdResult, apply_refiner, cluster_fuse, compute_masks
 
-__all__ = ["Easi3R", "PairPointmaps", "PassOutput", "Segmentation", "Trace", "run_pass", "segment"]
+__all__ = [
+    "Easi3R",
+    "PairPointmaps",
+    "PassOutput",
+    "Segmentation",
+    "Trace",
+    "encode_frames",
+    "run_pass",
+    "segment",
+]
 
 
 @dataclass
@@ -90,6 +99,26 @@ class Segmentation:
     labels: Tensor
     masks: Tensor
     threshold: ThresholdResult
+
+
+def encode_frames(
+    backbone: Backbone, images: Tensor, *, batch_size: int = 4, progress: bool = False
+) -> EncodedImages:
+    """Encoder tokens of every frame, computed once and in batches (the encoder's activations, not its output,
+    dominate its memory).
+
+    Args:
+        images: ``(T, 3, H, W)`` normalised frames (any device; moved to the backbone's).
+    """
+    parts = []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress,
+                      leave=False):
+            parts.append(backbone.encode(images[s : s + batch_size].to(backbone.device)))
+    return EncodedImages(
+        torch.cat([p.tokens for p in parts]), torch.cat([p.positions for p in parts]),
+        parts[0].image_size, parts[0].patch_size,
+    )
 
 
 def run_pass(
@@ -274,17 +303,7 @@ class Easi3R:
 
     def encode(self, frames: Frames, *, progress: bool = True) -> EncodedImages:
         """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
-        images = frames.images
-        parts = []
-        step = max(1, self.config.pair_batch_size)
-        with torch.inference_mode():
-            for s in tqdm(range(0, len(images), step), desc="encode", unit="batch", disable=not progress,
-                          leave=False):
-                parts.append(self.backbone.encode(images[s : s + step].to(self.device)))
-        return EncodedImages(
-            torch.cat([p.tokens for p in parts]), torch.cat([p.positions for p in parts]),
-            parts[0].image_size, parts[0].patch_size,
-        )
+        return encode_frames(self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress)
 
     def segment(self, output: PassOutput, encoded: EncodedImages, frames: Frames, *, progress: bool = False,
                 desc: str = "segment") -> Segmentation:
