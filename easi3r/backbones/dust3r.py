@@ -239,9 +239,16 @@ class DUSt3R(Backbone):
     def _head(self, head: nn.Module, kept: dict[int, Tensor], image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         depth = len(self.dec_blocks)
         tokens = [kept.get(i) for i in range(depth + 1)]
-        # Heads always run in float32, outside autocast, like the official inference.
         dtype = next(head.parameters()).dtype
+        batch = tokens[depth].shape[0]
+        step = self.head_chunk_size or batch
+        pts, conf = [], []
+        # Heads run outside autocast, like the official inference. Their full-resolution activations dominate peak
+        # memory, so the pairs of a batch go through them in chunks.
         with torch.autocast(device_type=tokens[depth].device.type, enabled=False):
-            tokens = [t.to(dtype) if t is not None else None for t in tokens]
-            pts, conf = postprocess(head(tokens, image_size))
-        return pts.float(), conf.float()
+            for s in range(0, batch, step):
+                chunk = [t[s : s + step].to(dtype) if t is not None else None for t in tokens]
+                p, c = postprocess(head(chunk, image_size))
+                pts.append(p.float())
+                conf.append(c.float())
+        return torch.cat(pts), torch.cat(conf)
