@@ -49,8 +49,9 @@ def make_problem(n: int, height: int, width: int, window: int, device: str, seed
     """Synthetic pairwise pointmaps of a smooth surface seen along a smooth camera path (float32)."""
     g = torch.Generator().manual_seed(seed)
     f = 0.8 * width
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     rays = torch.stack(((xs - width / 2) / f, (ys - height / 2) / f, torch.ones_like(xs)), -1)
     s = torch.linspace(0, 1, n)
     poses = torch.eye(4).repeat(n, 1, 1)
@@ -68,14 +69,19 @@ def make_problem(n: int, height: int, width: int, window: int, device: str, seed
     for e, (i, j) in enumerate(edges):  # one edge at a time keeps the generation peak near the data size
         rel = torch.linalg.inv(poses[i]) @ poses[j]
         pts_i[e] = cam[i] * scales[e] * (1 + 0.003 * torch.randn(height, width, 1, generator=g))
-        pts_j[e] = (cam[j] @ rel[:3, :3].T + rel[:3, 3]) * scales[e] + 0.01 * torch.randn(height, width, 3,
-                                                                                          generator=g)
+        pts_j[e] = (cam[j] @ rel[:3, :3].T + rel[:3, 3]) * scales[e] + 0.01 * torch.randn(height, width, 3, generator=g)
         conf_i[e] = 1 + torch.exp(1 + 0.3 * torch.randn(height, width, generator=g))
         conf_j[e] = 1 + torch.exp(0.8 + 0.3 * torch.randn(height, width, generator=g))
     dev = torch.device(device)
     return {
-        "edges": torch.tensor(edges, device=dev), "pts_i": pts_i.to(dev), "pts_j": pts_j.to(dev),
-        "conf_i": conf_i.to(dev), "conf_j": conf_j.to(dev), "poses": poses, "depth": depth, "scales": scales,
+        "edges": torch.tensor(edges, device=dev),
+        "pts_i": pts_i.to(dev),
+        "pts_j": pts_j.to(dev),
+        "conf_i": conf_i.to(dev),
+        "conf_j": conf_j.to(dev),
+        "poses": poses,
+        "depth": depth,
+        "scales": scales,
         "focal": f,
     }
 
@@ -92,8 +98,9 @@ def set_state_near_truth(al: PointmapAligner, prob: dict, seed: int = 1) -> None
     al.pose_params.data[:] = encode_rotation_translation(poses[:, :3, :3], c * poses[:, :3, 3]).to(dev)
     al.focal_params.data[:] = 20 * math.log(prob["focal"])
     ei = al.edges[:, 0].cpu()
-    pw = torch.cat((encode_rotation_translation(poses[ei, :3, :3], k[:, None] * poses[ei, :3, 3]),
-                    (c / k).log()[:, None]), dim=1)
+    pw = torch.cat(
+        (encode_rotation_translation(poses[ei, :3, :3], k[:, None] * poses[ei, :3, 3]), (c / k).log()[:, None]), dim=1
+    )
     al.pw_params.data[:] = pw.to(dev)
     for p in (al.log_depth, al.pose_params, al.pw_params):
         p.data += 1e-3 * torch.randn(p.shape, generator=g).to(dev)
@@ -135,8 +142,9 @@ def worker(impl: str, n: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     prob = make_problem(n, args.height, args.width, args.window, args.device)
     gen_s = time.perf_counter() - t0
-    al = PointmapAligner(prob["edges"], prob["pts_i"], prob["pts_j"], prob["conf_i"], prob["conf_j"],
-                         config=AlignConfig(flow_weight=0.0))
+    al = PointmapAligner(
+        prob["edges"], prob["pts_i"], prob["pts_j"], prob["conf_i"], prob["conf_j"], config=AlignConfig(flow_weight=0.0)
+    )
     set_state_near_truth(al, prob)
     if impl == "loop":
         log_i = [c.log().reshape(-1) for c in al.conf_i]
@@ -179,8 +187,18 @@ def worker(impl: str, n: int, args: argparse.Namespace) -> dict:
         extra = _rss_kb("VmHWM") * 1024 - base if hwm_ok else -1
         how = "VmHWM after clear_refs" if hwm_ok else "unavailable"
     inputs = sum(t.numel() * t.element_size() for t in (al.pred_i, al.pred_j, al.conf_i, al.conf_j))
-    return {"impl": impl, "T": n, "P": al.n_edges, "iter_s": dt, "loss0": loss0, "extra_mb": extra / 2**20,
-            "inputs_mb": inputs / 2**20, "gen_s": gen_s, "memory": how, "threads": torch.get_num_threads()}
+    return {
+        "impl": impl,
+        "T": n,
+        "P": al.n_edges,
+        "iter_s": dt,
+        "loss0": loss0,
+        "extra_mb": extra / 2**20,
+        "inputs_mb": inputs / 2**20,
+        "gen_s": gen_s,
+        "memory": how,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -199,36 +217,60 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
         return
 
-    print(f"global alignment loss+backward+Adam step, {args.width}x{args.height}, swinstride-{args.window} "
-          f"non-cyclic symmetrised, device {args.device}, {args.iters} timed iterations")
+    print(
+        f"global alignment loss+backward+Adam step, {args.width}x{args.height}, swinstride-{args.window} "
+        f"non-cyclic symmetrised, device {args.device}, {args.iters} timed iterations"
+    )
     rows: dict[tuple[str, int], dict] = {}
-    passthrough = ["--iters", str(args.iters), "--height", str(args.height), "--width", str(args.width),
-                   "--window", str(args.window), "--device", args.device, "--threads", str(args.threads)]
+    passthrough = [
+        "--iters",
+        str(args.iters),
+        "--height",
+        str(args.height),
+        "--width",
+        str(args.width),
+        "--window",
+        str(args.window),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     for n in args.frames:
         for impl in args.impls:
-            out = subprocess.run([sys.executable, __file__, "--worker", impl, str(n), *passthrough],
-                                 capture_output=True, text=True, env=os.environ.copy())
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", impl, str(n), *passthrough],
+                capture_output=True,
+                text=True,
+                env=os.environ.copy(),
+            )
             if out.returncode != 0:
                 print(f"  {impl} T={n}: failed\n{out.stderr[-2000:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows[(impl, n)] = r
-            print(f"  {impl:10s} T={n:3d} P={r['P']:4d}  {1 / r['iter_s']:7.3f} it/s  ({r['iter_s']:.3f} s/it)  "
-                  f"extra memory {r['extra_mb']:8.1f} MiB  inputs {r['inputs_mb']:7.1f} MiB  "
-                  f"loss {r['loss0']:.7g}  [{r['threads']} threads]", flush=True)
+            print(
+                f"  {impl:10s} T={n:3d} P={r['P']:4d}  {1 / r['iter_s']:7.3f} it/s  ({r['iter_s']:.3f} s/it)  "
+                f"extra memory {r['extra_mb']:8.1f} MiB  inputs {r['inputs_mb']:7.1f} MiB  "
+                f"loss {r['loss0']:.7g}  [{r['threads']} threads]",
+                flush=True,
+            )
     print("\nratios (vectorised / loop):")
     for n in args.frames:
         v, lp = rows.get(("vectorised", n)), rows.get(("loop", n))
         if not v or not lp:
             continue
         rel = abs(v["loss0"] - lp["loss0"]) / abs(lp["loss0"])
-        print(f"  T={n:3d}: speed x{lp['iter_s'] / v['iter_s']:.2f}   "
-              f"extra memory x{v['extra_mb'] / lp['extra_mb']:.3f}   "
-              f"same loss: {'yes' if rel < 1e-5 else 'NO'} (rel diff {rel:.1e})")
+        print(
+            f"  T={n:3d}: speed x{lp['iter_s'] / v['iter_s']:.2f}   "
+            f"extra memory x{v['extra_mb'] / lp['extra_mb']:.3f}   "
+            f"same loss: {'yes' if rel < 1e-5 else 'NO'} (rel diff {rel:.1e})"
+        )
     vec = [(n, rows[("vectorised", n)]) for n in args.frames if ("vectorised", n) in rows]
     if len(vec) > 1:
-        print("\nvectorised extra memory per frame (MiB): "
-              + ", ".join(f"T={n}: {r['extra_mb'] / n:.1f}" for n, r in vec))
+        print(
+            "\nvectorised extra memory per frame (MiB): " + ", ".join(f"T={n}: {r['extra_mb'] / n:.1f}" for n, r in vec)
+        )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,10 @@ def main() -> None:
 
     variants = ("plain", "readout", "naive")
     net, enc = build(args.device)
-    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"tokens per image {enc.tokens.shape[1]}")
+    print(
+        f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"tokens per image {enc.tokens.shape[1]}"
+    )
     run_variant(net, enc, "readout")  # warm-up
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
@@ -108,19 +110,27 @@ def main() -> None:
 
     mem = {}
     for v in variants:
-        out = subprocess.run([sys.executable, __file__, "--child", v, "--device", args.device],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", v, "--device", args.device],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         mem[v] = json.loads(out.stdout.strip().splitlines()[-1])
 
     med = {v: statistics.median(t) for v, t in times.items()}
     print(f"\n{'variant':<10}{'median s':>10}{'peak MiB':>11}{'held by probe MiB':>20}")
     for v in variants:
         print(f"{v:<10}{med[v]:>10.3f}{mem[v]['peak'] / 2**20:>11.1f}{mem[v]['held'] / 2**20:>20.3f}")
-    print(f"\nreadout vs plain time:             {med['readout'] / med['plain']:.3f}x "
-          f"(overhead {100 * (med['readout'] / med['plain'] - 1):+.1f} %, target <= +5 %)")
+    print(
+        f"\nreadout vs plain time:             {med['readout'] / med['plain']:.3f}x "
+        f"(overhead {100 * (med['readout'] / med['plain'] - 1):+.1f} %, target <= +5 %)"
+    )
     print(f"readout vs naive time:             {med['readout'] / med['naive']:.3f}x")
-    print(f"readout memory / naive matrices:   {mem['readout']['held'] / mem['naive']['held']:.5f} "
-          f"({100 * mem['readout']['held'] / mem['naive']['held']:.3f} %, target <= 1 %)")
+    print(
+        f"readout memory / naive matrices:   {mem['readout']['held'] / mem['naive']['held']:.5f} "
+        f"({100 * mem['readout']['held'] / mem['naive']['held']:.3f} %, target <= 1 %)"
+    )
     print(f"peak memory readout / naive:       {mem['readout']['peak'] / max(mem['naive']['peak'], 1):.3f}x")
     print(f"max |readout - naive readout|:     {err:.2e}")
 

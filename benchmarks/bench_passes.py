@@ -33,8 +33,12 @@ from easi3r.segment import cluster_fuse, compute_masks
 
 CASES = {
     # ViT-B encoder, a 12 x 12 decoder of width 384 (the official readout's 144 channels), DPT heads.
-    "medium": dict(frames=16, config=DUSt3RConfig(enc_embed_dim=768, enc_depth=12, enc_num_heads=12,
-                                                   dec_embed_dim=384, dec_depth=12, dec_num_heads=12)),
+    "medium": dict(
+        frames=16,
+        config=DUSt3RConfig(
+            enc_embed_dim=768, enc_depth=12, enc_num_heads=12, dec_embed_dim=384, dec_depth=12, dec_num_heads=12
+        ),
+    ),
     "vitl": dict(frames=6, config=None),  # the published ViT-L / ViT-B / DPT architecture
 }
 SIZE = (288, 512)
@@ -71,8 +75,9 @@ def naive_passes(net, images, edges):
                 probe = ScoreMatrixRecorder()  # every layer's full logits, as the official attention keeps them
                 m1 = masks[i : i + 1] if masks is not None else None
                 m2 = masks[j : j + 1] if masks is not None else None
-                pred = net.forward_pair(images[i : i + 1], images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2,
-                                        probe=probe)
+                pred = net.forward_pair(
+                    images[i : i + 1], images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe
+                )
                 stored.append(pred)
                 del probe
         return stored
@@ -101,9 +106,17 @@ def child(case: str, variant: str) -> None:
     t0 = time.perf_counter()
     (masks, _), peak = peak_rss_during(lambda: fn(net, images, edges))
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"time": elapsed, "peak": peak, "pairs": len(edges),
-                      "masks": masks.flatten().nonzero().flatten()[:2000].tolist(),
-                      "dynamic": int(masks.sum())}))
+    print(
+        json.dumps(
+            {
+                "time": elapsed,
+                "peak": peak,
+                "pairs": len(edges),
+                "masks": masks.flatten().nonzero().flatten()[:2000].tolist(),
+                "dynamic": int(masks.sum()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -119,16 +132,22 @@ def main() -> None:
     for case in args.cases:
         res = {}
         for variant in ("easi3r", "naive"):
-            out = subprocess.run([sys.executable, __file__, "--child", case, variant], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", case, variant], capture_output=True, text=True, check=True
+            )
             res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
             r = res[variant]
-            print(f"{case:<8}{CASES[case]['frames']:>4}{r['pairs']:>7}{variant:>9}{r['time']:>9.1f}"
-                  f"{r['peak'] / 2**20:>10.0f}", flush=True)
+            print(
+                f"{case:<8}{CASES[case]['frames']:>4}{r['pairs']:>7}{variant:>9}{r['time']:>9.1f}"
+                f"{r['peak'] / 2**20:>10.0f}",
+                flush=True,
+            )
         same = res["easi3r"]["masks"] == res["naive"]["masks"] and res["easi3r"]["dynamic"] == res["naive"]["dynamic"]
-        print(f"{case}: speed-up {res['naive']['time'] / res['easi3r']['time']:.2f}x (target >= 2.5x), "
-              f"peak memory {res['easi3r']['peak'] / res['naive']['peak']:.3f}x of naive (target <= 0.5x), "
-              f"same masks: {same}")
+        print(
+            f"{case}: speed-up {res['naive']['time'] / res['easi3r']['time']:.2f}x (target >= 2.5x), "
+            f"peak memory {res['easi3r']['peak'] / res['naive']['peak']:.3f}x of naive (target <= 0.5x), "
+            f"same masks: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -119,17 +119,13 @@ def fix_corner_token(maps: Tensor) -> Tensor:
         A new tensor of the same shape and dtype; the input is not modified.
     """
     if maps.ndim < 3 or maps.shape[-3] < 2 or maps.shape[-2] < 2:
-        raise Easi3RInputError(
-            f"attention maps must be (..., h, w, C) with h, w >= 2, got {tuple(maps.shape)}"
-        )
+        raise Easi3RInputError(f"attention maps must be (..., h, w, C) with h, w >= 2, got {tuple(maps.shape)}")
     out = maps.clone()
     out[..., 0, 0, :] = (maps[..., 0, 1, :] + maps[..., 1, 0, :]) / 2
     return out
 
 
-def _as_edges(
-    edges: Tensor | np.ndarray | Sequence[Sequence[int]], num_frames: int, device: torch.device
-) -> Tensor:
+def _as_edges(edges: Tensor | np.ndarray | Sequence[Sequence[int]], num_frames: int, device: torch.device) -> Tensor:
     e = torch.as_tensor(np.asarray(edges) if not isinstance(edges, Tensor) else edges)
     if e.ndim != 2 or e.shape[1] != 2:
         raise Easi3RInputError(f"edges must be (B, 2) frame indices, got shape {tuple(e.shape)}")
@@ -242,9 +238,7 @@ class AttentionAccumulator:
         flat = fix_corner_token(maps.to(device=self.device, dtype=self.dtype)).flatten(1)  # (B, h*w*C)
         # Work on the frames present in this batch only, so a batch costs O(B), not O(T), per token.
         rows, local = torch.unique(frames, return_inverse=True)
-        n_b = torch.zeros(len(rows), device=self.device, dtype=torch.long).index_add_(
-            0, local, torch.ones_like(local)
-        )
+        n_b = torch.zeros(len(rows), device=self.device, dtype=torch.long).index_add_(0, local, torch.ones_like(local))
         sum_b = flat.new_zeros(len(rows), flat.shape[1]).index_add_(0, local, flat)
         mean_b = sum_b / n_b.to(self.dtype).unsqueeze(1)
         dev = flat - mean_b[local]

@@ -52,16 +52,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     written = rec.save(args.out, progress=not args.quiet)
     if not args.quiet:
         share = 100.0 * rec.masks.mean()
-        print(f"{rec.num_frames} frames, {share:.1f} % dynamic pixels, focal {rec.focals.mean():.1f} px "
-              f"at {rec.size[1]}x{rec.size[0]}; {len(written)} outputs in {args.out}")
+        print(
+            f"{rec.num_frames} frames, {share:.1f} % dynamic pixels, focal {rec.focals.mean():.1f} px "
+            f"at {rec.size[1]}x{rec.size[0]}; {len(written)} outputs in {args.out}"
+        )
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    print("easi3r demo: synthetic video + a small RANDOMLY INITIALISED network (no download).\n"
-          "The masks and geometry are NOT meaningful; this only proves that every stage runs offline.")
+    print(
+        "easi3r demo: synthetic video + a small RANDOMLY INITIALISED network (no download).\n"
+        "The masks and geometry are NOT meaningful; this only proves that every stage runs offline."
+    )
     written = run_demo(args.out, progress=not args.quiet, num_frames=args.frames, iterations=args.iterations)
     print(f"wrote {len(written)} outputs to {args.out}")
     return 0
@@ -82,8 +86,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         cache = constants.HF_HUB_CACHE
     except Exception:  # pragma: no cover - very old huggingface_hub
         cache = "unknown"
-    print(f"easi3r {__version__}  python {platform.python_version()}  torch {torch.__version__}  "
-          f"numpy {numpy.__version__}  opencv {cv2.__version__}  scikit-learn {sklearn.__version__}")
+    print(
+        f"easi3r {__version__}  python {platform.python_version()}  torch {torch.__version__}  "
+        f"numpy {numpy.__version__}  opencv {cv2.__version__}  scikit-learn {sklearn.__version__}"
+    )
     print(f"device: {resolve_device(None)} (CUDA available: {torch.cuda.is_available()})")
     print(f"Hugging Face cache: {cache}  (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})")
     print("backbones (weights: CC BY-NC-SA 4.0, non-commercial):")
@@ -93,22 +99,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="easi3r", description="Easi3R: dynamic masks, cameras and 4D points "
-                                     "from a casual video, training-free.")
+    parser = argparse.ArgumentParser(
+        prog="easi3r", description="Easi3R: dynamic masks, cameras and 4D points from a casual video, training-free."
+    )
     parser.add_argument("--version", action="version", version=f"easi3r {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run Easi3R on a video or a folder of frames")
     run.add_argument("input", help="video file or folder of images")
     run.add_argument("--out", required=True, help="output folder")
-    run.add_argument("--backbone", default="dust3r",
-                     help="registry name (dust3r, monst3r, ...), hub repo id or checkpoint path (default dust3r)")
+    run.add_argument(
+        "--backbone",
+        default="dust3r",
+        help="registry name (dust3r, monst3r, ...), hub repo id or checkpoint path (default dust3r)",
+    )
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     run.add_argument("--fps", type=float, default=None, help="frames per second sampled from a video")
     run.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (default 200)")
     run.add_argument("--window", type=int, default=None, help="sliding-window size of the pair graph (default 5)")
-    run.add_argument("--threshold", type=_threshold, default=None,
-                     help="'multiotsu' (default), 'otsu' or a number in [0, 1]")
+    run.add_argument(
+        "--threshold", type=_threshold, default=None, help="'multiotsu' (default), 'otsu' or a number in [0, 1]"
+    )
     run.add_argument("--iterations", type=int, default=None, help="global alignment iterations (default 300)")
     run.add_argument("--image-size", type=int, default=None, help="long side of the processed frames (512)")
     run.add_argument("--batch-size", type=int, default=None, help="pairs per network call (default 4)")

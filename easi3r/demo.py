@@ -24,7 +24,12 @@ __all__ = ["SyntheticVideo", "demo_backbone", "render_video", "run_demo"]
 
 #: Architecture of the demo network: tiny encoder/decoder, linear heads (cheap on CPU).
 DEMO_ARCHITECTURE = DUSt3RConfig(
-    enc_embed_dim=64, enc_depth=4, enc_num_heads=4, dec_embed_dim=48, dec_depth=6, dec_num_heads=4,
+    enc_embed_dim=64,
+    enc_depth=4,
+    enc_num_heads=4,
+    dec_embed_dim=48,
+    dec_depth=6,
+    dec_num_heads=4,
     head_type="linear",
 )
 
@@ -120,8 +125,9 @@ def demo_backbone(images: torch.Tensor, *, seed: int = 0, depth: float = 2.0) ->
             p.normal_(0, 1.2 / fan_in**0.5)
         b, _, h, w = images.shape
         f = 1.0 * w
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+        )
         plane = torch.stack([(xs - w / 2) / f * depth, (ys - h / 2) / f * depth, torch.full_like(xs, depth)], -1)
         # Invert the exp post-processing: raw = direction * log1p(norm).
         norm = plane.norm(dim=-1, keepdim=True)
@@ -134,8 +140,9 @@ def demo_backbone(images: torch.Tensor, *, seed: int = 0, depth: float = 2.0) ->
         n = min(b, 4)
         tokens1, tokens2 = _final_tokens(net, enc, n)
         for head, tokens in ((net.downstream_head1, tokens1), (net.downstream_head2, tokens2)):
-            x = torch.cat([tokens.reshape(-1, tokens.shape[-1]), torch.ones(tokens.shape[0] * tokens.shape[1], 1)],
-                          dim=1)
+            x = torch.cat(
+                [tokens.reshape(-1, tokens.shape[-1]), torch.ones(tokens.shape[0] * tokens.shape[1], 1)], dim=1
+            )
             y = target.repeat(n, 1)
             lam = 1e-2 * x.shape[0]
             sol = torch.linalg.solve(x.T @ x + lam * torch.eye(x.shape[1]), x.T @ y)

@@ -161,9 +161,7 @@ def preprocess_image(img: Image.Image, size: int = 512, *, name: str = "image") 
     """
     width, height = img.size
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise Easi3RInputError(
-            f"image {name!r} is {width}x{height} px; at least {MIN_SIDE} px per side is needed"
-        )
+        raise Easi3RInputError(f"image {name!r} is {width}x{height} px; at least {MIN_SIDE} px per side is needed")
     new_size, resample, box = resize_crop_plan(width, height, size)
     ph, pw = processed_size(width, height, size)
     if ph < MIN_SIDE or pw < MIN_SIDE:
@@ -219,9 +217,7 @@ def _read_video(
         video_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         has_fps = np.isfinite(video_fps) and video_fps > 0
         if fps is not None and not has_fps:
-            raise Easi3RInputError(
-                f"video {str(path)!r} reports no frame rate; cannot subsample it to fps={fps}"
-            )
+            raise Easi3RInputError(f"video {str(path)!r} reports no frame rate; cannot subsample it to fps={fps}")
         interval = max(1, int(round(video_fps / fps))) if fps is not None else 1
         frames, names, sizes = [], [], []
         index = 0
@@ -234,11 +230,7 @@ def _read_video(
                 ok, bgr = cap.retrieve()
                 if not ok or bgr is None:
                     break
-                rgb = (
-                    cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                    if bgr.ndim == 3
-                    else cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
-                )
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
                 name = f"frame_{index:05d}"
                 frames.append(preprocess_image(Image.fromarray(rgb), size, name=f"{path.name}:{name}"))
                 names.append(name)
@@ -284,15 +276,12 @@ def _list_folder(folder: Path) -> list[Path]:
     files = [p for p in folder.iterdir() if p.is_file() and _suffix(p) in IMAGE_EXTENSIONS]
     if not files:
         raise Easi3RInputError(
-            f"folder {str(folder)!r} contains no images "
-            f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
+            f"folder {str(folder)!r} contains no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
         )
     return sorted(files, key=lambda p: p.name)
 
 
-def _assemble(
-    arrays: list[np.ndarray], names: list[str], sizes: list[tuple[int, int]], fps: float | None
-) -> Frames:
+def _assemble(arrays: list[np.ndarray], names: list[str], sizes: list[tuple[int, int]], fps: float | None) -> Frames:
     first = arrays[0].shape[:2]
     for a, n in zip(arrays, names):
         if a.shape[:2] != first:
@@ -376,8 +365,7 @@ def load_frames(
         items = source
     else:
         raise Easi3RInputError(
-            "frame source: expected a folder, file, list, numpy array or PIL image, "
-            f"got {type(source).__name__}"
+            f"frame source: expected a folder, file, list, numpy array or PIL image, got {type(source).__name__}"
         )
 
     if len(items) == 0:

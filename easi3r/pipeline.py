@@ -101,9 +101,7 @@ class Segmentation:
     threshold: ThresholdResult
 
 
-def encode_frames(
-    backbone: Backbone, images: Tensor, *, batch_size: int = 4, progress: bool = False
-) -> EncodedImages:
+def encode_frames(backbone: Backbone, images: Tensor, *, batch_size: int = 4, progress: bool = False) -> EncodedImages:
     """Encoder tokens of every frame, computed once and in batches (the encoder's activations, not its output,
     dominate its memory).
 
@@ -112,12 +110,15 @@ def encode_frames(
     """
     parts = []
     with torch.inference_mode():
-        for s in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress,
-                      leave=False):
+        for s in tqdm(
+            range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress, leave=False
+        ):
             parts.append(backbone.encode(images[s : s + batch_size].to(backbone.device)))
     return EncodedImages(
-        torch.cat([p.tokens for p in parts]), torch.cat([p.positions for p in parts]),
-        parts[0].image_size, parts[0].patch_size,
+        torch.cat([p.tokens for p in parts]),
+        torch.cat([p.positions for p in parts]),
+        parts[0].image_size,
+        parts[0].patch_size,
     )
 
 
@@ -305,14 +306,29 @@ class Easi3R:
         """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
         return encode_frames(self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress)
 
-    def segment(self, output: PassOutput, encoded: EncodedImages, frames: Frames, *, progress: bool = False,
-                desc: str = "segment") -> Segmentation:
+    def segment(
+        self,
+        output: PassOutput,
+        encoded: EncodedImages,
+        frames: Frames,
+        *,
+        progress: bool = False,
+        desc: str = "segment",
+    ) -> Segmentation:
         """Masks from a pass's attention statistics (and the optional refiner)."""
         cfg = self.config
         h, w = encoded.grid
         features = encoded.tokens.reshape(len(encoded), h, w, -1)
-        seg = segment(output.attention, features, frames.size, clusters=cfg.clusters, seed=cfg.cluster_seed,
-                      threshold=cfg.threshold, progress=progress, desc=desc)
+        seg = segment(
+            output.attention,
+            features,
+            frames.size,
+            clusters=cfg.clusters,
+            seed=cfg.cluster_seed,
+            threshold=cfg.threshold,
+            progress=progress,
+            desc=desc,
+        )
         if self.mask_refiner is not None:
             seg.masks = apply_refiner(self.mask_refiner, frames.uint8, seg.masks)
         return seg
@@ -339,13 +355,30 @@ class Easi3R:
         trace.frames, trace.edges = frames, edges
         trace.features = encoded.tokens.reshape(len(encoded), *encoded.grid, -1).cpu()
 
-        first = run_pass(self.backbone, encoded, edges, heads=not cfg.reweight, batch_size=batch, keep_maps=keep,
-                         progress=progress, desc="pass 1 (attention)")
+        first = run_pass(
+            self.backbone,
+            encoded,
+            edges,
+            heads=not cfg.reweight,
+            batch_size=batch,
+            keep_maps=keep,
+            progress=progress,
+            desc="pass 1 (attention)",
+        )
         seg = self.segment(first, encoded, frames, progress=progress, desc="masks (pass 1)")
         trace.pass1, trace.segmentation1 = first, seg
         if cfg.reweight:
-            second = run_pass(self.backbone, encoded, edges, masks=seg.masks, heads=True, batch_size=batch,
-                              keep_maps=keep, progress=progress, desc="pass 2 (re-weighted)")
+            second = run_pass(
+                self.backbone,
+                encoded,
+                edges,
+                masks=seg.masks,
+                heads=True,
+                batch_size=batch,
+                keep_maps=keep,
+                progress=progress,
+                desc="pass 2 (re-weighted)",
+            )
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, encoded, frames, progress=progress, desc="masks (pass 2)")
             trace.pass2, trace.segmentation2 = second, seg
@@ -356,9 +389,16 @@ class Easi3R:
 
         assert pointmaps is not None
         aligned = global_align(
-            pointmaps.edges.to(self.device), pointmaps.pts_i, pointmaps.pts_j, pointmaps.conf_i, pointmaps.conf_j,
-            config=cfg.align_config(), images=frames.uint8, masks=seg.masks.to(self.device),
-            flow_provider=self.flow_provider, progress=progress,
+            pointmaps.edges.to(self.device),
+            pointmaps.pts_i,
+            pointmaps.pts_j,
+            pointmaps.conf_i,
+            pointmaps.conf_j,
+            config=cfg.align_config(),
+            images=frames.uint8,
+            masks=seg.masks.to(self.device),
+            flow_provider=self.flow_provider,
+            progress=progress,
         )
         trace.alignment = aligned
         return Reconstruction(

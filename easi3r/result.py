@@ -81,9 +81,7 @@ def preprocess_transform(
     else:
         sx, sy = W / W0, H / H0
         ox = oy = 0
-    A = np.array(
-        [[sx, 0.0, 0.5 * sx - 0.5 - ox], [0.0, sy, 0.5 * sy - 0.5 - oy], [0.0, 0.0, 1.0]], dtype=np.float64
-    )
+    A = np.array([[sx, 0.0, 0.5 * sx - 0.5 - ox], [0.0, sy, 0.5 * sy - 0.5 - oy], [0.0, 0.0, 1.0]], dtype=np.float64)
     return A, (W, H)
 
 
@@ -150,9 +148,7 @@ class Reconstruction:
     def __post_init__(self) -> None:
         images = _to_numpy(self.images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
-            raise Easi3RInputError(
-                f"Reconstruction.images must have shape (T,H,W,3) with T>=1, got {images.shape}"
-            )
+            raise Easi3RInputError(f"Reconstruction.images must have shape (T,H,W,3) with T>=1, got {images.shape}")
         if images.dtype != np.uint8:
             raise Easi3RInputError(f"Reconstruction.images must be uint8 RGB, got {images.dtype}")
         T, H, W = images.shape[:3]
@@ -168,14 +164,10 @@ class Reconstruction:
         h, w = dyn.shape[1:]
 
         if not isinstance(self.attention, Mapping):
-            raise Easi3RInputError(
-                f"Reconstruction.attention must be a mapping, got {type(self.attention).__name__}"
-            )
+            raise Easi3RInputError(f"Reconstruction.attention must be a mapping, got {type(self.attention).__name__}")
         missing = [k for k in ATTENTION_KEYS if k not in self.attention]
         if missing:
-            raise Easi3RInputError(
-                f"Reconstruction.attention lacks {missing}; expected keys {list(ATTENTION_KEYS)}"
-            )
+            raise Easi3RInputError(f"Reconstruction.attention lacks {missing}; expected keys {list(ATTENTION_KEYS)}")
         attention = {}
         for key, value in self.attention.items():
             arr = _to_numpy(value)
@@ -205,8 +197,7 @@ class Reconstruction:
             sizes = [tuple(int(v) for v in s) for s in self.original_sizes]
             if len(sizes) != T or any(len(s) != 2 or min(s) <= 0 for s in sizes):
                 raise Easi3RInputError(
-                    f"Reconstruction.original_sizes must be {T} positive (W, H) pairs, "
-                    f"got {self.original_sizes!r}"
+                    f"Reconstruction.original_sizes must be {T} positive (W, H) pairs, got {self.original_sizes!r}"
                 )
             self.original_sizes = sizes  # type: ignore[assignment]
 
@@ -283,9 +274,7 @@ class Reconstruction:
         """
         if original_size is None:
             if self.original_sizes is None:
-                raise Easi3RInputError(
-                    "intrinsics_at needs original_size=(W, H): this result has no original_sizes"
-                )
+                raise Easi3RInputError("intrinsics_at needs original_size=(W, H): this result has no original_sizes")
             sizes = list(self.original_sizes)
         else:
             if len(original_size) != 2:
@@ -387,11 +376,8 @@ class Reconstruction:
         return cls(
             **{k: d[k] for k in required},
             attention={k[len("attention_") :]: v for k, v in d.items() if k.startswith("attention_")},
-            frame_names=[str(n) for n in d.get("frame_names", [])]
-            or [f"{i:05d}" for i in range(len(d["images"]))],
-            original_sizes=[tuple(s) for s in d["original_sizes"].tolist()]
-            if "original_sizes" in d
-            else None,
+            frame_names=[str(n) for n in d.get("frame_names", [])] or [f"{i:05d}" for i in range(len(d["images"]))],
+            original_sizes=[tuple(s) for s in d["original_sizes"].tolist()] if "original_sizes" in d else None,
             image_size=int(d.get("image_size", 512)),
             fps=float(d["fps"]) if "fps" in d else None,
             cluster_labels=d.get("cluster_labels"),

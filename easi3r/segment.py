@@ -112,9 +112,7 @@ def cluster_labels(features: Tensor, n_clusters: int = 64, random_state: int = 4
         raise Easi3RInputError("features contain NaN or infinite values")
     k = int(n_clusters)
     if data.shape[0] < k:
-        warnings.warn(
-            f"only {data.shape[0]} tokens for {k} clusters: using {data.shape[0]} clusters", stacklevel=2
-        )
+        warnings.warn(f"only {data.shape[0]} tokens for {k} clusters: using {data.shape[0]} clusters", stacklevel=2)
         k = data.shape[0]
     labels = KMeans(n_clusters=k, random_state=random_state).fit_predict(data)
     return torch.from_numpy(labels.astype(np.int64)).reshape(t, h, w).to(features.device)
@@ -136,9 +134,7 @@ def cluster_scores(dyn: Tensor, labels: Tensor) -> Tensor:
     _check_stack("dyn", dyn)
     if not isinstance(labels, Tensor) or labels.shape != dyn.shape:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise Easi3RInputError(
-            f"labels must be a tensor of the dynamic map's shape {tuple(dyn.shape)}, got {shape}"
-        )
+        raise Easi3RInputError(f"labels must be a tensor of the dynamic map's shape {tuple(dyn.shape)}, got {shape}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise Easi3RInputError(f"labels must be integers, got {labels.dtype}")
     x = dyn.detach().to("cpu", torch.float32).numpy().reshape(-1)
@@ -157,9 +153,7 @@ def cluster_scores(dyn: Tensor, labels: Tensor) -> Tensor:
     return minmax_normalize(refined, dims=(1, 2)).to(dyn.device)
 
 
-def cluster_fuse(
-    dyn: Tensor, features: Tensor, n_clusters: int = 64, random_state: int = 42
-) -> tuple[Tensor, Tensor]:
+def cluster_fuse(dyn: Tensor, features: Tensor, n_clusters: int = 64, random_state: int = 42) -> tuple[Tensor, Tensor]:
     """Cluster fusion of the dynamic map (pipeline.md §4): :func:`cluster_labels` then :func:`cluster_scores`.
 
     Args:
@@ -173,9 +167,7 @@ def cluster_fuse(
     _check_stack("dyn", dyn)
     if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[:3] != dyn.shape:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise Easi3RInputError(
-            f"features must be (T, h, w, F) with (T, h, w) = {tuple(dyn.shape)}, got {shape}"
-        )
+        raise Easi3RInputError(f"features must be (T, h, w, F) with (T, h, w) = {tuple(dyn.shape)}, got {shape}")
     labels = cluster_labels(features, n_clusters=n_clusters, random_state=random_state).to(dyn.device)
     return cluster_scores(dyn, labels), labels
 
@@ -292,9 +284,7 @@ def compute_masks(
     return up > res.threshold, res
 
 
-def apply_refiner(
-    refiner: MaskRefiner, images: np.ndarray | Tensor, masks: Tensor | np.ndarray
-) -> Tensor | np.ndarray:
+def apply_refiner(refiner: MaskRefiner, images: np.ndarray | Tensor, masks: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """Run a :class:`MaskRefiner` (e.g. SAM2) on the masks and validate what it returns.
 
     Args:

@@ -80,9 +80,7 @@ def attention_grid(
             rec.dynamic_maps[t],
         )
         for c, m in enumerate(maps):
-            axes[r, c].imshow(
-                upsample_nearest(m, (H, W)), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest"
-            )
+            axes[r, c].imshow(upsample_nearest(m, (H, W)), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
         axes[r, -1].imshow(mask_overlay(rec.images[t], rec.masks[t]))
         axes[r, 0].set_ylabel(rec.frame_names[t] if len(rec.frame_names[t]) <= 24 else f"frame {t}")
         for c in range(ncols):
@@ -169,9 +167,7 @@ def view(
         pts = rec.points[t].reshape(-1, 3)[keep]
         cols = rec.images[t].reshape(-1, 3)[keep]
         clouds.append(
-            server.scene.add_point_cloud(
-                f"/frames/{t:05d}/points", points=pts, colors=cols, point_size=point_size
-            )
+            server.scene.add_point_cloud(f"/frames/{t:05d}/points", points=pts, colors=cols, point_size=point_size)
         )
         c2w = rec.cam2world[t]
         K = rec.intrinsics[t]

@@ -41,19 +41,36 @@ class ToyDepthBackbone(Backbone):
         h, w = image_size[0] // self.patch_size, image_size[1] // self.patch_size
         depth = 2.0 + torch.tanh(depth_tokens.reshape(b, 1, h, w))  # metres, in [1, 3]
         depth = F.interpolate(depth, size=image_size, mode="bilinear", align_corners=False)[:, 0]
-        ys, xs = torch.meshgrid(torch.arange(image_size[0], device=depth.device),
-                                torch.arange(image_size[1], device=depth.device), indexing="ij")
-        rays = torch.stack([(xs - image_size[1] / 2) / self.focal, (ys - image_size[0] / 2) / self.focal,
-                            torch.ones_like(xs, dtype=torch.float32)], dim=-1)
+        ys, xs = torch.meshgrid(
+            torch.arange(image_size[0], device=depth.device),
+            torch.arange(image_size[1], device=depth.device),
+            indexing="ij",
+        )
+        rays = torch.stack(
+            [
+                (xs - image_size[1] / 2) / self.focal,
+                (ys - image_size[0] / 2) / self.focal,
+                torch.ones_like(xs, dtype=torch.float32),
+            ],
+            dim=-1,
+        )
         return rays * depth[..., None], torch.full_like(depth, 2.0)
 
-    def forward_pair(self, view1, view2, *, dynamic_mask1=None, dynamic_mask2=None, heads=True, readout=True,
-                     probe=None) -> PairPrediction:
+    def forward_pair(
+        self, view1, view2, *, dynamic_mask1=None, dynamic_mask2=None, heads=True, readout=True, probe=None
+    ) -> PairPrediction:
         enc1 = view1 if isinstance(view1, EncodedImages) else self.encode(view1)
         enc2 = view2 if isinstance(view2, EncodedImages) else self.encode(view2)
         # The inner network runs the decoders (with the readout probe and the re-weighting); its heads are skipped.
-        pred = self.inner.forward_pair(enc1, enc2, dynamic_mask1=dynamic_mask1, dynamic_mask2=dynamic_mask2,
-                                       heads=False, readout=readout, probe=probe)
+        pred = self.inner.forward_pair(
+            enc1,
+            enc2,
+            dynamic_mask1=dynamic_mask1,
+            dynamic_mask2=dynamic_mask2,
+            heads=False,
+            readout=readout,
+            probe=probe,
+        )
         if heads:
             # A toy head on the embedded encoder tokens (a real adapter would read the decoder tokens it needs).
             tokens1 = self.inner.decoder_embed(enc1.tokens)

@@ -43,8 +43,10 @@ print("per-pair readout kept for inspection:", tuple(maps1.shape))
 # %% The four fused maps and the dynamic map (Eq. 9) of both passes.
 for name, seg in (("pass 1", trace.segmentation1), ("pass 2", trace.segmentation2)):
     fused = seg.fused
-    print(f"{name}: threshold {seg.threshold.threshold:.4f} ({seg.threshold.method}, {seg.threshold.n_classes} "
-          f"classes), {100 * seg.masks.float().mean():.1f} % dynamic")
+    print(
+        f"{name}: threshold {seg.threshold.threshold:.4f} ({seg.threshold.method}, {seg.threshold.n_classes} "
+        f"classes), {100 * seg.masks.float().mean():.1f} % dynamic"
+    )
     for key, value in fused.as_dict().items():
         print(f"   {key:<9} min {value.min():.3f}  max {value.max():.3f}")
 

@@ -1,7 +1,7 @@
 """Run Easi3R on a folder of frames (or a video) and save every output file.
 
-    python examples/run_folder.py path/to/frames out/ --backbone monst3r
-    python examples/run_folder.py --demo out/          # offline: synthetic frames + a random network
+python examples/run_folder.py path/to/frames out/ --backbone monst3r
+python examples/run_folder.py --demo out/          # offline: synthetic frames + a random network
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def main() -> None:
 
     rec = runner.run(frames)
     written = rec.save(args.out)
-    print(f"{rec.num_frames} frames, {100 * rec.masks.mean():.1f} % of pixels dynamic, mean focal "
-          f"{rec.focals.mean():.1f} px at {rec.size[1]}x{rec.size[0]}")
+    print(
+        f"{rec.num_frames} frames, {100 * rec.masks.mean():.1f} % of pixels dynamic, mean focal "
+        f"{rec.focals.mean():.1f} px at {rec.size[1]}x{rec.size[0]}"
+    )
     for name, path in written.items():
         print(f"  {name:<18} {path}")
 

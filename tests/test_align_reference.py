@@ -37,8 +37,9 @@ def pass2(reference_pass2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _aligner(pass2: dict[str, torch.Tensor]) -> PointmapAligner:
-    return PointmapAligner(pass2["edges"], pass2["pts_i"], pass2["pts_j"], pass2["conf_i"], pass2["conf_j"],
-                           config=CONFIG)
+    return PointmapAligner(
+        pass2["edges"], pass2["pts_i"], pass2["pts_j"], pass2["conf_i"], pass2["conf_j"], config=CONFIG
+    )
 
 
 def _grid(depth: torch.Tensor, golden: dict[str, np.ndarray]) -> np.ndarray:
@@ -81,7 +82,12 @@ def test_inputs_are_the_reference_pairs(pass2: dict[str, torch.Tensor], golden: 
 def test_mst_log_and_pnp_frame(runs: dict[str, object], golden: dict[str, np.ndarray]) -> None:
     mst = runs["mst"]
     assert [str(e) for e in mst.log] == [
-        "(5*,4*) 21.977", "(1*,4) 17.683", "(3*,4) 15.689", "(0*,5) 13.764", "(2*,5) 11.839"]
+        "(5*,4*) 21.977",
+        "(1*,4) 17.683",
+        "(3*,4) 15.689",
+        "(0*,5) 13.764",
+        "(2*,5) 11.839",
+    ]
     assert mst.pnp_frames == golden["mst_pnp_image_idx"].tolist()
     assert abs(mst.focals[4] - float(golden["mst_pnp_focal"][0])) < 1e-5 * float(golden["mst_pnp_focal"][0])
 
@@ -116,9 +122,9 @@ def test_tree_posed_cameras_without_override(pass2: dict[str, torch.Tensor], gol
     tree = [t for t in range(6) if t not in mst.pnp_frames]
     assert tree == [0, 1, 2, 3, 5]
     with torch.no_grad():
-        np.testing.assert_allclose(al.get_cam2world().numpy()[tree], golden["init_cam2world"][tree], atol=1e-5,
-                                   rtol=0)
-        np.testing.assert_allclose(_grid(al.get_depthmaps(), golden)[tree], golden["init_depth"][tree], atol=1e-4,
-                                   rtol=0)
+        np.testing.assert_allclose(al.get_cam2world().numpy()[tree], golden["init_cam2world"][tree], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            _grid(al.get_depthmaps(), golden)[tree], golden["init_depth"][tree], atol=1e-4, rtol=0
+        )
         np.testing.assert_allclose(al.get_focals().numpy()[:, None], golden["init_focals"], rtol=1e-5)
         np.testing.assert_allclose(al.get_pw_poses().numpy(), golden["init_pw_poses"], atol=1e-5, rtol=0)

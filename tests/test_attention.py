@@ -23,8 +23,6 @@ from easi3r.errors import Easi3RInputError
 
 REF = Path(__file__).parent / "data" / "reference" / "pipeline.npz"
 PASSES = ("p1", "p2")
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,6 @@ def test_fix_corner_token_hand_case() -> None:
 # --------------------------------------------------------------------------------------------- accumulator
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_accumulator_matches_plain_aggregation_any_order_and_batching(device: str) -> None:
     edges = swinstride_edges(7)  # 7 frames, every frame has >= 2 pairs per role
     m1, m2 = random_maps(len(edges))
@@ -213,7 +210,6 @@ def test_dynamic_map_from_fixture_fused_maps(pipeline, p: str) -> None:
     np.testing.assert_allclose(dyn.numpy(), pipeline[f"{p}_dynamic_map"], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_dynamic_map_constant_is_zero_without_warnings(device: str) -> None:
     ones = torch.full((3, 4, 5), 0.5, device=device)
     with warnings.catch_warnings():
@@ -247,9 +243,7 @@ def test_fused_maps_from_network_maps_match_official(reference_maps, pipeline, p
         np.testing.assert_allclose(
             cf.channel_mean.numpy(), pipeline[f"{p}_raw_{theirs}_channel_mean"], atol=1e-5, rtol=0
         )
-        np.testing.assert_allclose(
-            cf.fused.numpy(), pipeline[f"{p}_cross_att_k_{theirs}_fused"], atol=1e-4, rtol=0
-        )
+        np.testing.assert_allclose(cf.fused.numpy(), pipeline[f"{p}_cross_att_k_{theirs}_fused"], atol=1e-4, rtol=0)
         fused[ours] = cf.fused
     dyn = dynamic_map(FusedAttention(**fused))
     np.testing.assert_allclose(dyn.numpy(), pipeline[f"{p}_dynamic_map"], atol=1e-4, rtol=0)

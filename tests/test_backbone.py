@@ -22,7 +22,6 @@ from easi3r.backbones.checkpoint import save_pretrained_folder, save_pth
 from easi3r.backbones.layers import attention
 from easi3r.reweight import reweight_attention_reference
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 SMALL = DUSt3RConfig(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=4, dec_num_heads=4)
 
 
@@ -75,8 +74,11 @@ def test_forward_matches_official_pointmaps(forward_ref, reference_dir, field, k
 
 @pytest.mark.parametrize(
     ("field", "key"),
-    [("cross_attn_1", "cross_atten_maps_k_view1"), ("cross_attn_2", "cross_atten_maps_k_view2"),
-     ("features_1", "match_feature")],
+    [
+        ("cross_attn_1", "cross_atten_maps_k_view1"),
+        ("cross_attn_2", "cross_atten_maps_k_view2"),
+        ("features_1", "match_feature"),
+    ],
 )
 def test_forward_matches_official_readout_and_features(forward_ref, reference_dir, field, key):
     ref = np.load(reference_dir / "forward.npz")
@@ -206,7 +208,6 @@ def test_hub_repo_id_resolves_through_huggingface_hub(monkeypatch, tmp_path):
 # -- attention fast paths against their references --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_reweighted_attention_equals_reference(device, dtype):
     g = torch.Generator().manual_seed(0)
@@ -279,7 +280,6 @@ def test_reweighting_changes_only_what_it_should():
     torch.testing.assert_close(changed.cross_attn_1[..., :4], base.cross_attn_1[..., :4])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_encode_once_equals_images_per_pair(device):
     net = small_net().to(device)
     img = torch.randn(3, 3, 32, 48, device=device)

@@ -93,9 +93,7 @@ def test_read_official_pth(tiny: tuple, tiny_raw: dict[str, torch.Tensor]) -> No
 def test_refuses_code_in_pickle(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.pth"
-    torch.save(
-        {"args": argparse.Namespace(model=STR), "model": {"w": torch.ones(2)}, "x": _Evil(marker)}, path
-    )
+    torch.save({"args": argparse.Namespace(model=STR), "model": {"w": torch.ones(2)}, "x": _Evil(marker)}, path)
     with pytest.raises(CheckpointError) as e:
         read_checkpoint(path)
     _one_line_naming(e, "evil.pth")
@@ -130,9 +128,7 @@ def test_pth_without_model_string(tmp_path: Path, payload: dict) -> None:
 
 
 def test_half_precision_and_integer_tensors(tmp_path: Path) -> None:
-    torch.save(
-        {"h": torch.tensor([0.5, 1.5], dtype=torch.float16), "i": torch.tensor([3, 4])}, tmp_path / "m.pt"
-    )
+    torch.save({"h": torch.tensor([0.5, 1.5], dtype=torch.float16), "i": torch.tensor([3, 4])}, tmp_path / "m.pt")
     _, sd = read_checkpoint(tmp_path / "m.pt")
     assert sd["h"].dtype == torch.float32 and sd["h"].tolist() == [0.5, 1.5]
     assert sd["i"].dtype == torch.int64  # non-float tensors keep their dtype

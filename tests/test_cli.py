@@ -10,9 +10,19 @@ import pytest
 
 from easi3r.cli import main
 
-EXPECTED = ["trajectory.tum", "intrinsics.txt", "depths.npz", "confidence.npz", "reconstruction.npz",
-            "dynamic_maps.npz", "scene.ply", "scene.glb", "colmap/cameras.txt", "colmap/images.txt",
-            "colmap/points3D.txt"]
+EXPECTED = [
+    "trajectory.tum",
+    "intrinsics.txt",
+    "depths.npz",
+    "confidence.npz",
+    "reconstruction.npz",
+    "dynamic_maps.npz",
+    "scene.ply",
+    "scene.glb",
+    "colmap/cameras.txt",
+    "colmap/images.txt",
+    "colmap/points3D.txt",
+]
 
 
 @pytest.fixture
@@ -51,8 +61,25 @@ def test_run_on_fixture_frames_with_tiny_checkpoint(tmp_path, fixture_frames, ti
     for path in fixture_frames[:4]:
         shutil.copy(path, folder / path.name)
     out = tmp_path / "out"
-    code = main(["run", str(folder), "--out", str(out), "--backbone", str(tiny_checkpoint), "--device", "cpu",
-                 "--image-size", "256", "--iterations", "3", "--window", "2", "--quiet"])
+    code = main(
+        [
+            "run",
+            str(folder),
+            "--out",
+            str(out),
+            "--backbone",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--image-size",
+            "256",
+            "--iterations",
+            "3",
+            "--window",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     _check_outputs(out, 4)
 
@@ -93,8 +120,18 @@ def test_eval_poses_through_the_main_cli(tmp_path, capsys):
     write_tum(tmp_path / "gt.tum", gt)
     write_tum(tmp_path / "pred.tum", pred)
     out_json = tmp_path / "scores.json"
-    code = main(["eval", "poses", "--pred", str(tmp_path / "pred.tum"), "--gt", str(tmp_path / "gt.tum"),
-                 "--json", str(out_json)])
+    code = main(
+        [
+            "eval",
+            "poses",
+            "--pred",
+            str(tmp_path / "pred.tum"),
+            "--gt",
+            str(tmp_path / "gt.tum"),
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     import json
 

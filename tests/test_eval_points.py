@@ -10,16 +10,12 @@ from scipy.spatial.transform import Rotation
 from easi3r.errors import Easi3RInputError
 from easi3r.eval import accuracy_completeness, distance, dycheck_point_metrics, point_metrics, unproject_depth
 
-_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
-
 
 def _grid(spacing: float = 1.0, n: int = 6) -> np.ndarray:
     ax = spacing * np.arange(n, dtype=np.float64)
     return np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_known_offset(device):
     # Spacing 1 >> d: every point's nearest neighbour in the other cloud is its own correspondent.
     d = 0.05

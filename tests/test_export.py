@@ -119,9 +119,7 @@ def test_pngs_round_trip(rec, saved):
         expected = np.round(np.array(cmap(1.0 - rec.attention["src_mean"][t, 0, 0])[:3]) * 255)
         assert (panels[0][: H // h, : W // w] == expected).all()
         att = {k: v[t] for k, v in rec.attention.items()}
-        for panel, grid in zip(
-            panels[1:5], (att["src_std"], 1 - att["ref_mean"], att["ref_std"], rec.dynamic_maps[t])
-        ):
+        for panel, grid in zip(panels[1:5], (att["src_std"], 1 - att["ref_mean"], att["ref_std"], rec.dynamic_maps[t])):
             np.testing.assert_array_equal(panel, colorize(upsample_nearest(grid, (H, W))))
         # Panel 5: unmasked pixels are the frame, masked ones are tinted towards red.
         np.testing.assert_array_equal(panels[5][~rec.masks[t]], rec.images[t][~rec.masks[t]])
@@ -251,9 +249,7 @@ def _check_complete(out: Path) -> int:
         elif p.name == "intrinsics.txt":
             assert np.loadtxt(p).shape == (T, 9)
         elif p.parent.name == "colmap":
-            {"cameras.txt": parse_cameras, "images.txt": parse_images, "points3D.txt": parse_points}[p.name](
-                p
-            )
+            {"cameras.txt": parse_cameras, "images.txt": parse_images, "points3D.txt": parse_points}[p.name](p)
     return len(files)
 
 

@@ -133,9 +133,7 @@ def test_parse_graph(name: str, parsed: tuple[str, int, bool]) -> None:
     assert parse_graph(name) == parsed
 
 
-@pytest.mark.parametrize(
-    "name", ["logwin-3", "swinx-3", "swin-x", "swin-3-5", "complete-3", "", "swin-3-cyclic"]
-)
+@pytest.mark.parametrize("name", ["logwin-3", "swinx-3", "swin-x", "swin-3-5", "complete-3", "", "swin-3-cyclic"])
 def test_parse_graph_rejects(name: str) -> None:
     with pytest.raises(Easi3RInputError) as e:
         parse_graph(name)

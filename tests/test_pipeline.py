@@ -36,8 +36,17 @@ def _relabel_bijective(a: np.ndarray, b: np.ndarray) -> bool:
 def test_segmentation_matches_official(fixture_run, pipeline_npz, which):
     _, trace = fixture_run
     seg = trace.segmentation1 if which == 1 else trace.segmentation2
-    ref = {k: pipeline_npz[f"p{which}_{k}"] for k in ("dynamic_map", "refined_dynamic_map", "dynamic_map_labels",
-                                                       "otsu_threshold", "otsu_n_classes", "dynamic_masks")}
+    ref = {
+        k: pipeline_npz[f"p{which}_{k}"]
+        for k in (
+            "dynamic_map",
+            "refined_dynamic_map",
+            "dynamic_map_labels",
+            "otsu_threshold",
+            "otsu_n_classes",
+            "dynamic_masks",
+        )
+    }
     for ours, theirs in MAPS.items():
         np.testing.assert_allclose(getattr(seg.fused, ours).numpy(), pipeline_npz[f"p{which}_{theirs}"], atol=1e-4)
     np.testing.assert_allclose(seg.dynamic_map.numpy(), ref["dynamic_map"], atol=1e-4)
@@ -123,10 +132,23 @@ def test_save_writes_every_documented_file(fixture_run, tmp_path):
 
     rec, _ = fixture_run
     written = rec.save(tmp_path)
-    for rel in ["trajectory.tum", "intrinsics.txt", "depths.npz", "confidence.npz", "reconstruction.npz",
-                "dynamic_maps.npz", "scene.ply", "scene.glb", "colmap/cameras.txt", "colmap/images.txt",
-                "colmap/points3D.txt"] + [f"masks/{t:05d}.png" for t in range(6)] + [
-                f"attention/{t:05d}.png" for t in range(6)]:
+    for rel in (
+        [
+            "trajectory.tum",
+            "intrinsics.txt",
+            "depths.npz",
+            "confidence.npz",
+            "reconstruction.npz",
+            "dynamic_maps.npz",
+            "scene.ply",
+            "scene.glb",
+            "colmap/cameras.txt",
+            "colmap/images.txt",
+            "colmap/points3D.txt",
+        ]
+        + [f"masks/{t:05d}.png" for t in range(6)]
+        + [f"attention/{t:05d}.png" for t in range(6)]
+    ):
         assert (tmp_path / rel).is_file(), rel
     assert all(p.exists() for p in written.values())
     _, poses = read_tum(tmp_path / "trajectory.tum")
@@ -183,8 +205,7 @@ def test_constant_attention_gives_empty_masks_without_warnings(small_video, monk
     trace = pipeline.Trace()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=2).run(frames, progress=False,
-                                                                                  trace=trace)
+        rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=2).run(frames, progress=False, trace=trace)
     assert not rec.masks.any()
     assert np.isfinite(rec.dynamic_maps).all()
 
@@ -200,7 +221,8 @@ def test_mask_refiner_hook(small_video):
         return out
 
     rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=2, mask_refiner=refiner).run(
-        frames, progress=False)
+        frames, progress=False
+    )
     assert len(seen) == 2  # applied after each pass
     assert rec.masks[:, :8, :8].all()
 

@@ -11,9 +11,6 @@ from PIL import Image
 from easi3r.errors import Easi3RInputError
 from easi3r.result import ATTENTION_KEYS, Reconstruction, preprocess_transform
 
-NO_CUDA = not torch.cuda.is_available()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(NO_CUDA, reason="no CUDA"))]
-
 
 def make_reconstruction(T: int = 4, H: int = 32, W: int = 48, h: int = 2, w: int = 3, seed: int = 0, **kw):
     """A consistent synthetic result: world points are the unprojected depths of random rigid cameras."""
@@ -99,7 +96,6 @@ def test_attention_keys_and_grid_are_checked():
         make_reconstruction(cam2world=c2w)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_tensors_and_dtypes_are_converted(device):
     ref = make_reconstruction()
     rec = make_reconstruction(
@@ -168,9 +164,7 @@ def test_intrinsics_at_maps_through_resize_and_crop(case):
     A, (Wp, Hp) = preprocess_transform((W0, H0), size)
     assert (Wp, Hp) == (W, H)
     K = np.array([[0.9 * W, 0.0, 0.47 * W], [0.0, 0.92 * W, 0.53 * H], [0.0, 0.0, 1.0]])
-    rec = make_reconstruction(
-        T=2, H=H, W=W, h=H // 16, w=W // 16, intrinsics=np.stack([K, K]), image_size=size
-    )
+    rec = make_reconstruction(T=2, H=H, W=W, h=H // 16, w=W // 16, intrinsics=np.stack([K, K]), image_size=size)
     K0 = rec.intrinsics_at((W0, H0))
     assert K0.shape == (2, 3, 3)
     rng = np.random.default_rng(1)
@@ -178,9 +172,7 @@ def test_intrinsics_at_maps_through_resize_and_crop(case):
     p_proc = _project(K, X)
     p_orig = _project(K0[0], X)
     # Independent forward model: pixel-centre resize by (Wr/W0, Hr/H0), then subtract the crop origin.
-    mapped = np.column_stack(
-        [(p_orig[:, 0] + 0.5) * Wr / W0 - 0.5 - ox, (p_orig[:, 1] + 0.5) * Hr / H0 - 0.5 - oy]
-    )
+    mapped = np.column_stack([(p_orig[:, 0] + 0.5) * Wr / W0 - 0.5 - ox, (p_orig[:, 1] + 0.5) * Hr / H0 - 0.5 - oy])
     np.testing.assert_allclose(mapped, p_proc, atol=1e-9)
     # The same K0 through original_sizes (per frame).
     rec.original_sizes = [(W0, H0), (W0, H0)]

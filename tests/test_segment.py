@@ -26,8 +26,6 @@ from easi3r.segment import (
 
 REF = Path(__file__).parent / "data" / "reference" / "pipeline.npz"
 PASSES = ("p1", "p2")
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +72,6 @@ def test_cluster_scores_from_fixture_labels(pipeline, p: str) -> None:
 # --------------------------------------------------------------------------------------------- synthetic
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_cluster_fuse_two_blobs(device: str) -> None:
     """Two well separated feature blobs: each token gets its blob's mean score, then per-frame min-max."""
     g = torch.Generator().manual_seed(0)
@@ -153,7 +150,6 @@ def test_otsu_and_fixed_thresholds() -> None:
 
 
 @pytest.mark.parametrize("method", ["multiotsu", "otsu"])
-@pytest.mark.parametrize("device", DEVICES)
 def test_constant_map_gives_empty_masks_without_warnings(method: str, device: str) -> None:
     const = torch.full((3, 6, 8), 0.4, device=device)
     with warnings.catch_warnings():

@@ -119,7 +119,11 @@ def compute_edge_flows(
 
 
 def induced_flow(
-    depth_src: Tensor, cam2world_src: Tensor, cam2world_dst: Tensor, K_src_inv: Tensor, K_dst: Tensor,
+    depth_src: Tensor,
+    cam2world_src: Tensor,
+    cam2world_dst: Tensor,
+    K_src_inv: Tensor,
+    K_dst: Tensor,
 ) -> Tensor:
     """Flow that a static scene with the given depth would produce between two cameras (ego-motion flow).
 
@@ -135,8 +139,11 @@ def induced_flow(
         ``(B, 2, H, W)`` flow in pixels from source to target.
     """
     b, h, w = depth_src.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=depth_src.device, dtype=depth_src.dtype),
-                            torch.arange(w, device=depth_src.device, dtype=depth_src.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=depth_src.device, dtype=depth_src.dtype),
+        torch.arange(w, device=depth_src.device, dtype=depth_src.dtype),
+        indexing="ij",
+    )
     coords = torch.stack((xs, ys, torch.ones_like(xs))).reshape(1, 3, h * w)
     R_src, t_src = cam2world_src[:, :3, :3], cam2world_src[:, :3, 3:]
     R_dst, t_dst = cam2world_dst[:, :3, :3], cam2world_dst[:, :3, 3:]

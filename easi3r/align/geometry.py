@@ -38,9 +38,7 @@ def signed_expm1(x: Tensor) -> Tensor:
 
 def pixel_grid(height: int, width: int, *, device: torch.device | str | None = None) -> Tensor:
     """Integer pixel coordinates ``(H, W, 2)`` int64 with ``[..., 0] = x`` (column) and ``[..., 1] = y`` (row)."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
     return torch.stack((xs, ys), dim=-1)
 
 

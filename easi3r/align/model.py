@@ -186,7 +186,12 @@ def relative_pose_loss(cam2world: Tensor, translation_weight: float = 1.0) -> Te
 
 
 def check_pairwise_inputs(
-    edges: Tensor, pts_i: Tensor, pts_j: Tensor, conf_i: Tensor, conf_j: Tensor, n_frames: int | None = None,
+    edges: Tensor,
+    pts_i: Tensor,
+    pts_j: Tensor,
+    conf_i: Tensor,
+    conf_j: Tensor,
+    n_frames: int | None = None,
 ) -> int:
     """Validate the pairwise predictions; return the number of frames ``T``.
 
@@ -198,8 +203,9 @@ def check_pairwise_inputs(
         if not isinstance(t, Tensor):
             raise Easi3RInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.is_floating_point or edges.dtype == torch.bool:
-        raise Easi3RInputError(f"edges must be an integer tensor of shape (P, 2), got {tuple(edges.shape)} "
-                               f"{edges.dtype}")
+        raise Easi3RInputError(
+            f"edges must be an integer tensor of shape (P, 2), got {tuple(edges.shape)} {edges.dtype}"
+        )
     n_edges = edges.shape[0]
     if n_edges == 0:
         raise Easi3RInputError("edges is empty: at least one pair is needed")
@@ -293,8 +299,9 @@ class PointmapAligner(nn.Module):
         ident = torch.tensor([0, 0, 0, 1, 0, 0, 0], dtype=dtype, device=device)
         self.pose_params = nn.Parameter(ident.repeat(n, 1))
         n_focal = 1 if config.shared_focal else n
-        self.focal_params = nn.Parameter(torch.full((n_focal,), FOCAL_BREAK * math.log(max(h, w)),
-                                                    dtype=dtype, device=device))
+        self.focal_params = nn.Parameter(
+            torch.full((n_focal,), FOCAL_BREAK * math.log(max(h, w)), dtype=dtype, device=device)
+        )
         self.pw_params = nn.Parameter(torch.cat((ident, ident.new_zeros(1))).repeat(n_edges, 1))
 
         # Optional state as (None-able) buffers so that Module.to() moves it with the rest.
@@ -307,8 +314,10 @@ class PointmapAligner(nn.Module):
             if kf.numel() == 1:
                 kf = kf.expand(n).clone()
             if kf.shape != (n,) or not bool(torch.isfinite(kf).all()) or bool((kf <= 0).any()):
-                raise Easi3RInputError(f"known_focal must be a positive scalar or have shape ({n},), "
-                                       f"got {tuple(torch.as_tensor(known_focal).shape)}")
+                raise Easi3RInputError(
+                    f"known_focal must be a positive scalar or have shape ({n},), "
+                    f"got {tuple(torch.as_tensor(known_focal).shape)}"
+                )
             self.known_focal = kf
             self.focal_params.requires_grad_(False)
         if known_poses is not None:
@@ -420,8 +429,9 @@ class PointmapAligner(nn.Module):
             static = torch.ones(self.n_frames, self.height, self.width, dtype=torch.bool, device=dev)
         else:
             if tuple(masks.shape) != (self.n_frames, self.height, self.width):
-                raise Easi3RInputError(f"masks must have shape {(self.n_frames, self.height, self.width)}, "
-                                       f"got {tuple(masks.shape)}")
+                raise Easi3RInputError(
+                    f"masks must have shape {(self.n_frames, self.height, self.width)}, got {tuple(masks.shape)}"
+                )
             static = ~masks.to(device=dev, dtype=torch.bool)
         self.static_i = static[self.edges[:, 0]][:, None]
         self.static_j = static[self.edges[:, 1]][:, None]
@@ -440,8 +450,9 @@ class PointmapAligner(nn.Module):
         ego_ij = induced_flow(depth[ei], pose[ei], pose[ej], K_inv[ei], K[ej])
         ego_ji = induced_flow(depth[ej], pose[ej], pose[ei], K_inv[ej], K[ei])
         thr = self.config.flow_pixel_threshold
-        return (masked_smooth_l1(ego_ij, self.flow_ij, self.static_i, thr)
-                + masked_smooth_l1(ego_ji, self.flow_ji, self.static_j, thr))
+        return masked_smooth_l1(ego_ij, self.flow_ij, self.static_i, thr) + masked_smooth_l1(
+            ego_ji, self.flow_ji, self.static_j, thr
+        )
 
     # ------------------------------------------------------------------ loss
     def alignment_loss(self) -> tuple[Tensor, Tensor]:
@@ -450,10 +461,24 @@ class PointmapAligner(nn.Module):
         pw = self.get_pw_poses()
         area = float(self.n_edges * self.height * self.width)
         n_edges = self.n_edges
-        li = alignment_residual_sum(world, pw, self.pred_i, self.conf_i.reshape(n_edges, -1), self.edges[:, 0],
-                                    log_weight=True, block=self.block)
-        lj = alignment_residual_sum(world, pw, self.pred_j, self.conf_j.reshape(n_edges, -1), self.edges[:, 1],
-                                    log_weight=True, block=self.block)
+        li = alignment_residual_sum(
+            world,
+            pw,
+            self.pred_i,
+            self.conf_i.reshape(n_edges, -1),
+            self.edges[:, 0],
+            log_weight=True,
+            block=self.block,
+        )
+        lj = alignment_residual_sum(
+            world,
+            pw,
+            self.pred_j,
+            self.conf_j.reshape(n_edges, -1),
+            self.edges[:, 1],
+            log_weight=True,
+            block=self.block,
+        )
         return li / area, lj / area
 
     def forward(self, iteration: int | None = None) -> Tensor:
@@ -467,10 +492,13 @@ class PointmapAligner(nn.Module):
         loss = li + lj
         cfg = self.config
         if cfg.temporal_smoothing_weight > 0:
-            loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(self.get_cam2world(),
-                                                                             cfg.translation_weight)
-        if self.flow_weight > 0 and self.flow_ij is not None and (
-            iteration is None or iteration >= self.flow_start_iteration
+            loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(
+                self.get_cam2world(), cfg.translation_weight
+            )
+        if (
+            self.flow_weight > 0
+            and self.flow_ij is not None
+            and (iteration is None or iteration >= self.flow_start_iteration)
         ):
             flow = self.flow_loss()
             # The reference drops the term for any iteration whose value exceeds the threshold.
@@ -501,9 +529,16 @@ class PointmapAligner(nn.Module):
         pts_j = self.pred_j.reshape(n_edges, h, w, 3)
         known_focals = None if self.known_focal is None else self.known_focal.tolist()
         mst = mst_initialisation(
-            self.edges, pts_i, pts_j, self.conf_i, self.conf_j, self.im_conf,
-            min_conf_thr=cfg.min_conf_thr, pnp_iterations=cfg.pnp_iterations,
-            pnp_reprojection_error=cfg.pnp_reprojection_error, pnp_override=pnp_override,
+            self.edges,
+            pts_i,
+            pts_j,
+            self.conf_i,
+            self.conf_j,
+            self.im_conf,
+            min_conf_thr=cfg.min_conf_thr,
+            pnp_iterations=cfg.pnp_iterations,
+            pnp_reprojection_error=cfg.pnp_reprojection_error,
+            pnp_override=pnp_override,
             known_focals=known_focals,
         )
         self.mst = mst
@@ -540,5 +575,6 @@ class PointmapAligner(nn.Module):
                 self.focal_params.data[:] = FOCAL_BREAK * np.log(sum(mst.focals) / n)
             else:
                 self.focal_params.data[:] = torch.as_tensor(
-                    FOCAL_BREAK * np.log(np.asarray(mst.focals, dtype=np.float64)), dtype=self.grid.dtype)
+                    FOCAL_BREAK * np.log(np.asarray(mst.focals, dtype=np.float64)), dtype=self.grid.dtype
+                )
         return mst

@@ -131,7 +131,12 @@ def ransac_pnp(
     for f in candidates:
         K = np.float32([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)])
         ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-            obj, img, K, None, iterationsCount=iterations, reprojectionError=reprojection_error,
+            obj,
+            img,
+            K,
+            None,
+            iterationsCount=iterations,
+            reprojectionError=reprojection_error,
             flags=cv2.SOLVEPNP_SQPNP,
         )
         if not ok or inliers is None:
@@ -268,8 +273,13 @@ def mst_initialisation(
             pnp_results[t] = pose
             poses[t] = pose
             continue
-        res = ransac_pnp(points[t], focals[t], im_conf[t] > min_conf_thr, iterations=pnp_iterations,
-                         reprojection_error=pnp_reprojection_error)
+        res = ransac_pnp(
+            points[t],
+            focals[t],
+            im_conf[t] > min_conf_thr,
+            iterations=pnp_iterations,
+            reprojection_error=pnp_reprojection_error,
+        )
         pnp_results[t] = None if res is None else res[1]
         if res is not None:
             focals[t], poses[t] = res

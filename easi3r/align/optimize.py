@@ -69,7 +69,10 @@ def learning_rate(iteration: int, iterations: int, lr: float, lr_min: float, sch
 
 
 def run_optimisation(
-    aligner: PointmapAligner, config: AlignConfig | None = None, *, progress: bool = True,
+    aligner: PointmapAligner,
+    config: AlignConfig | None = None,
+    *,
+    progress: bool = True,
 ) -> float:
     """Run ``config.iterations`` Adam steps on an initialised aligner; return the last iteration's loss.
 
@@ -82,9 +85,10 @@ def run_optimisation(
         return float("nan")
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.9), eps=1e-8)
     loss_value = float("nan")
-    with torch.autocast(device_type=aligner.grid.device.type, enabled=False), tqdm(
-        range(cfg.iterations), desc="global alignment", disable=not progress, leave=False
-    ) as bar:
+    with (
+        torch.autocast(device_type=aligner.grid.device.type, enabled=False),
+        tqdm(range(cfg.iterations), desc="global alignment", disable=not progress, leave=False) as bar,
+    ):
         for it in bar:
             lr = learning_rate(it, cfg.iterations, cfg.lr, cfg.lr_min, cfg.schedule)
             for group in optimizer.param_groups:
@@ -151,8 +155,9 @@ def global_align(
     h, w = pts_i.shape[1:3]
     if masks is not None and tuple(masks.shape) != (n, h, w):
         raise Easi3RInputError(f"masks must have shape {(n, h, w)}, got {tuple(masks.shape)}")
-    aligner = PointmapAligner(edges, pts_i, pts_j, conf_i, conf_j, config=cfg, n_frames=n,
-                              known_focal=known_focal, known_poses=known_poses)
+    aligner = PointmapAligner(
+        edges, pts_i, pts_j, conf_i, conf_j, config=cfg, n_frames=n, known_focal=known_focal, known_poses=known_poses
+    )
     if cfg.flow_weight > 0:
         if images is None:
             raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")

@@ -60,9 +60,7 @@ _MODE_KEYS = ("depth_mode", "conf_mode")
 
 
 def _literal(node: ast.AST, source: str) -> Any:
-    if isinstance(node, ast.Constant) and (
-        node.value is None or isinstance(node.value, (str, int, float, bool))
-    ):
+    if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (str, int, float, bool))):
         return node.value
     if isinstance(node, (ast.Tuple, ast.List)):
         values = [_literal(elt, source) for elt in node.elts]
@@ -129,9 +127,7 @@ def _format_value(value: Any, key: str) -> str:
     if isinstance(value, (tuple, list)):
         items = [_format_value(v, key) for v in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    raise CheckpointError(
-        f"config value {key}={value!r} ({type(value).__name__}) cannot be written as a literal"
-    )
+    raise CheckpointError(f"config value {key}={value!r} ({type(value).__name__}) cannot be written as a literal")
 
 
 def config_to_model_string(config: Mapping[str, Any], class_name: str = "AsymmetricCroCo3DStereo") -> str:
@@ -220,8 +216,7 @@ def _clean_state_dict(sd: Mapping[Any, Any], path: Path) -> dict[str, torch.Tens
     for key, value in sd.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"checkpoint {str(path)!r}: state dict entry {key!r} is a {type(value).__name__}, "
-                "not a tensor"
+                f"checkpoint {str(path)!r}: state dict entry {key!r} is a {type(value).__name__}, not a tensor"
             )
         value = value.detach().to("cpu")
         if value.is_floating_point():
@@ -300,9 +295,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any] | None, dic
         if (p / "pytorch_model.bin").is_file():
             _, sd = _read_torch_checkpoint(p / "pytorch_model.bin")
             return config, sd
-        raise CheckpointError(
-            f"checkpoint folder {str(p)!r} has neither model.safetensors nor pytorch_model.bin"
-        )
+        raise CheckpointError(f"checkpoint folder {str(p)!r} has neither model.safetensors nor pytorch_model.bin")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         cfg_path = p.parent / "config.json"
@@ -380,9 +373,7 @@ def _dedupe_for_safetensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
         if kept in sd:
             a, b = sd[alias], sd[kept]
             if a.shape != b.shape or not torch.equal(a, b):
-                raise CheckpointError(
-                    f"state dict alias {alias!r} differs from {kept!r}; they must be one tensor"
-                )
+                raise CheckpointError(f"state dict alias {alias!r} differs from {kept!r}; they must be one tensor")
             del sd[alias]
     # Generic rule, as safetensors does: of several names for the same view keep the lexicographically first.
     groups: dict[int, list[str]] = {}
@@ -429,9 +420,7 @@ def save_pretrained_folder(
             values.
     """
     if not isinstance(config, Mapping):
-        raise CheckpointError(
-            f"config must be a mapping of constructor arguments, got {type(config).__name__}"
-        )
+        raise CheckpointError(f"config must be a mapping of constructor arguments, got {type(config).__name__}")
     _check_state_dict(state_dict)
     try:
         text = json.dumps(dict(config), sort_keys=True, indent=2, allow_nan=True) + "\n"

@@ -212,8 +212,15 @@ class DUSt3R(Backbone):
         depth = len(self.dec_blocks)
         for layer, (blk1, blk2) in enumerate(zip(self.dec_blocks, self.dec_blocks2), start=1):
             # Both branches read the previous layer of the other one (simultaneous update).
-            n1 = blk1(f1, f2, p1, p2, probe=probe(1, layer - 1) if probe else None,
-                      query_dynamic=query_dynamic, key_dynamic=key_dynamic)
+            n1 = blk1(
+                f1,
+                f2,
+                p1,
+                p2,
+                probe=probe(1, layer - 1) if probe else None,
+                query_dynamic=query_dynamic,
+                key_dynamic=key_dynamic,
+            )
             n2 = blk2(f2, f1, p2, p1, probe=probe(2, layer - 1) if probe else None)
             f1, f2 = n1, n2
             if heads and layer in self._hooks:

@@ -76,8 +76,9 @@ class _Interpolate(nn.Module):
 
 
 class _DPT(nn.Module):
-    def __init__(self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], features: int, last_dim: int,
-                 out_channels: int) -> None:
+    def __init__(
+        self, token_dims: tuple[int, ...], layer_dims: tuple[int, ...], features: int, last_dim: int, out_channels: int
+    ) -> None:
         super().__init__()
         self.scratch = _Scratch(layer_dims, features)
         self.head = nn.Sequential(
@@ -87,15 +88,23 @@ class _DPT(nn.Module):
             nn.ReLU(),
             nn.Conv2d(last_dim, out_channels, 1),
         )
-        self.act_postprocess = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(token_dims[0], layer_dims[0], 1),
-                          nn.ConvTranspose2d(layer_dims[0], layer_dims[0], 4, stride=4)),
-            nn.Sequential(nn.Conv2d(token_dims[1], layer_dims[1], 1),
-                          nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2)),
-            nn.Sequential(nn.Conv2d(token_dims[2], layer_dims[2], 1)),
-            nn.Sequential(nn.Conv2d(token_dims[3], layer_dims[3], 1),
-                          nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1)),
-        ])
+        self.act_postprocess = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(token_dims[0], layer_dims[0], 1),
+                    nn.ConvTranspose2d(layer_dims[0], layer_dims[0], 4, stride=4),
+                ),
+                nn.Sequential(
+                    nn.Conv2d(token_dims[1], layer_dims[1], 1),
+                    nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2),
+                ),
+                nn.Sequential(nn.Conv2d(token_dims[2], layer_dims[2], 1)),
+                nn.Sequential(
+                    nn.Conv2d(token_dims[3], layer_dims[3], 1),
+                    nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1),
+                ),
+            ]
+        )
 
 
 class DPTHead(nn.Module):
@@ -116,8 +125,9 @@ class DPTHead(nn.Module):
         super().__init__()
         self.hooks = (0, dec_depth * 2 // 4, dec_depth * 3 // 4, dec_depth)
         self.patch_size = patch_size
-        self.dpt = _DPT((enc_dim, dec_dim, dec_dim, dec_dim), self.layer_dims, self.features, self.last_dim,
-                        out_channels)
+        self.dpt = _DPT(
+            (enc_dim, dec_dim, dec_dim, dec_dim), self.layer_dims, self.features, self.last_dim, out_channels
+        )
 
     def forward(self, tokens: list[Tensor], image_size: tuple[int, int]) -> Tensor:
         """``tokens``: the ``L+1`` per-layer token maps ``(B, N, C_l)``; returns the raw ``(B, 4, H, W)`` map."""

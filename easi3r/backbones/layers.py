@@ -53,9 +53,7 @@ def grid_positions(h: int, w: int, batch: int, device: torch.device | str | None
     Returns:
         ``(batch, h*w, 2)`` int64 with ``pos[b, n] = (n // w, n % w)``: index 0 is the row (y), index 1 the column (x).
     """
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
-    )
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1)
     return pos.unsqueeze(0).expand(batch, -1, -1)
 

@@ -46,20 +46,32 @@ _NAVER = "https://download.europe.naverlabs.com/ComputerVision/DUSt3R/"
 
 PRETRAINED: dict[str, PretrainedCfg] = {
     "dust3r": PretrainedCfg(
-        "dust3r", "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt", DUSt3RConfig(),
-        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth", "2.28 GB",
+        "dust3r",
+        "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",
+        DUSt3RConfig(),
+        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth",
+        "2.28 GB",
     ),
     "dust3r-512-linear": PretrainedCfg(
-        "dust3r-512-linear", "naver/DUSt3R_ViTLarge_BaseDecoder_512_linear", DUSt3RConfig(head_type="linear"),
-        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_512_linear.pth", "2.13 GB",
+        "dust3r-512-linear",
+        "naver/DUSt3R_ViTLarge_BaseDecoder_512_linear",
+        DUSt3RConfig(head_type="linear"),
+        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_512_linear.pth",
+        "2.13 GB",
     ),
     "dust3r-224-linear": PretrainedCfg(
-        "dust3r-224-linear", "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear",
+        "dust3r-224-linear",
+        "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear",
         DUSt3RConfig(head_type="linear", img_size=(224, 224)),
-        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_224_linear.pth", "2.13 GB",
+        _NAVER + "DUSt3R_ViTLarge_BaseDecoder_224_linear.pth",
+        "2.13 GB",
     ),
     "monst3r": PretrainedCfg(
-        "monst3r", "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt", DUSt3RConfig(), None, "2.28 GB",
+        "monst3r",
+        "Junyi42/MonST3R_PO-TA-S-W_ViTLarge_BaseDecoder_512_dpt",
+        DUSt3RConfig(),
+        None,
+        "2.28 GB",
     ),
 }
 

@@ -201,9 +201,7 @@ def _read_png_foreground(path: Path) -> np.ndarray:
     return arr != 0
 
 
-def read_davis_gt(
-    root: str | os.PathLike, sequence: str, size: int | tuple[int, int] | None = None
-) -> np.ndarray:
+def read_davis_gt(root: str | os.PathLike, sequence: str, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Read one DAVIS sequence's annotations as merged binary foreground masks.
 
     Args:
@@ -342,9 +340,7 @@ class MaskScores:
             "jr": self.jr,
             "n_frames": self.n_frames,
             "n_sequences": len(self.per_sequence),
-            "per_sequence": {
-                k: {"jm": v.jm, "jr": v.jr, "n_frames": v.n_frames} for k, v in self.per_sequence.items()
-            },
+            "per_sequence": {k: {"jm": v.jm, "jr": v.jr, "n_frames": v.n_frames} for k, v in self.per_sequence.items()},
         }
 
 

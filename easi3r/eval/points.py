@@ -70,9 +70,7 @@ def nearest_distances(query: Any, reference: Any) -> np.ndarray:
     return dist
 
 
-def accuracy_completeness(
-    pred_pts: Any, gt_pts: Any, *, reduction: Reduction = "mean"
-) -> tuple[float, float]:
+def accuracy_completeness(pred_pts: Any, gt_pts: Any, *, reduction: Reduction = "mean") -> tuple[float, float]:
     """Accuracy and completeness of a predicted cloud against a ground-truth cloud.
 
     Args:
@@ -154,8 +152,7 @@ def unproject_depth(depth: Any, intrinsics: Any, cam2world: Any, mask: Any = Non
         c2w = c2w[None]
     if d.ndim != 3 or K.shape != (d.shape[0], 3, 3) or c2w.shape != (d.shape[0], 4, 4):
         raise Easi3RInputError(
-            "expected depth (T,H,W), intrinsics (T,3,3), cam2world (T,4,4); "
-            f"got {d.shape}, {K.shape}, {c2w.shape}"
+            f"expected depth (T,H,W), intrinsics (T,3,3), cam2world (T,4,4); got {d.shape}, {K.shape}, {c2w.shape}"
         )
     t, h, w = d.shape
     if mask is None:

@@ -81,9 +81,7 @@ def umeyama_sim3(src: Any, dst: Any) -> tuple[float, np.ndarray, np.ndarray]:
         raise Easi3RInputError(
             "degenerate alignment: positions are collinear (covariance rank < 2), rotation is undetermined"
         )
-    R, t, s = roma.rigid_points_registration(
-        torch.from_numpy(src_np), torch.from_numpy(dst_np), compute_scaling=True
-    )
+    R, t, s = roma.rigid_points_registration(torch.from_numpy(src_np), torch.from_numpy(dst_np), compute_scaling=True)
     return float(s), R.numpy(), t.numpy()
 
 

@@ -66,9 +66,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.name}.", suffix=f"{TEMP_MARKER}{final.suffix}"
-    )
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f"{TEMP_MARKER}{final.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -154,9 +154,7 @@ def write_colmap(
     c2w = np.asarray(cam2world, dtype=np.float64)
     K = np.asarray(intrinsics, dtype=np.float64)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or K.shape != (len(c2w), 3, 3):
-        raise Easi3RInputError(
-            f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}"
-        )
+        raise Easi3RInputError(f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}")
     if points is None:
         pts = np.zeros((0, 3))
         cols = np.zeros((0, 3), dtype=np.uint8)

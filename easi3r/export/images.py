@@ -59,9 +59,7 @@ def frame_filename(index: int, suffix: str = ".png") -> str:
     return f"{index:05d}{suffix}"
 
 
-def colorize(
-    values: np.ndarray, cmap: str = "Spectral_r", vmin: float = 0.0, vmax: float = 1.0
-) -> np.ndarray:
+def colorize(values: np.ndarray, cmap: str = "Spectral_r", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
     """Map scalars to RGB with a matplotlib colormap.
 
     Args:
@@ -111,9 +109,7 @@ def mask_overlay(
     image = np.asarray(image)
     mask = np.asarray(mask, dtype=bool)
     if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-        raise Easi3RInputError(
-            f"mask_overlay expects image (H,W,3) and mask (H,W), got {image.shape} and {mask.shape}"
-        )
+        raise Easi3RInputError(f"mask_overlay expects image (H,W,3) and mask (H,W), got {image.shape} and {mask.shape}")
     out = image.copy()
     tint = np.asarray(color, dtype=np.float32)
     out[mask] = np.round((1.0 - alpha) * image[mask].astype(np.float32) + alpha * tint).astype(np.uint8)
@@ -169,9 +165,7 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     return atomic_write_bytes(path, encode_png(image))
 
 
-def remove_stale_frames(
-    folder: str | os.PathLike[str], keep: Iterable[str], suffix: str = ".png"
-) -> list[Path]:
+def remove_stale_frames(folder: str | os.PathLike[str], keep: Iterable[str], suffix: str = ".png") -> list[Path]:
     """Delete frame files ``NNNNN<suffix>`` in ``folder`` that are not in ``keep``.
 
     A second ``save`` of a shorter video into the same folder would otherwise leave the previous run's

@@ -140,9 +140,7 @@ def scene_with_cameras(
     c2w = np.asarray(cam2world, dtype=np.float64)
     K = np.asarray(intrinsics, dtype=np.float64)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or K.shape != (len(c2w), 3, 3):
-        raise Easi3RInputError(
-            f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}"
-        )
+        raise Easi3RInputError(f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}")
     scene = trimesh.Scene()
     if len(points):
         scene.add_geometry(point_cloud(points, colors), geom_name="points", node_name="points")
@@ -174,7 +172,5 @@ def write_glb(
     cmap: str = "viridis",
 ) -> Path:
     """Write :func:`scene_with_cameras` as a binary glTF (``.glb``), atomically."""
-    scene = scene_with_cameras(
-        points, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cmap=cmap
-    )
+    scene = scene_with_cameras(points, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cmap=cmap)
     return atomic_write_bytes(path, scene.export(file_type="glb"))
