@@ -10,10 +10,11 @@ import argparse
 import os
 import platform
 import sys
+import traceback
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import CheckpointError, Easi3RInputError
+from .errors import Easi3RError, first_line
 
 __all__ = ["build_parser", "main"]
 
@@ -103,9 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="easi3r", description="Easi3R: dynamic masks, cameras and 4D points from a casual video, training-free."
     )
     parser.add_argument("--version", action="version", version=f"easi3r {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
+    # `--debug` is accepted before or after the command name (SUPPRESS keeps the top-level value otherwise).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    run = sub.add_parser("run", help="run Easi3R on a video or a folder of frames")
+    run = sub.add_parser("run", parents=[debug], help="run Easi3R on a video or a folder of frames")
     run.add_argument("input", help="video file or folder of images")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument(
@@ -128,14 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="offline check: synthetic video, random network, every output file")
+    demo = sub.add_parser(
+        "demo", parents=[debug], help="offline check: synthetic video, random network, every output file"
+    )
     demo.add_argument("--out", required=True, help="output folder")
     demo.add_argument("--frames", type=int, default=6, help="frames of the synthetic video")
     demo.add_argument("--iterations", type=int, default=60, help="alignment iterations")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    info = sub.add_parser("info", help="versions, device, backbone registry, cache location")
+    info = sub.add_parser("info", parents=[debug], help="versions, device, backbone registry, cache location")
     info.set_defaults(func=_cmd_info)
 
     from .eval.cli import add_eval_parser
@@ -150,12 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (Easi3RInputError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Easi3RError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # an easi3r bug or an environment failure: short message, traceback on request
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run with --debug for the traceback)"
+        print(f"error: unexpected {type(err).__name__}: {first_line(err)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,19 +8,97 @@ alignment needs (``Easi3RConfig.align_config()``). Both are frozen dataclasses: 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from .errors import Easi3RInputError
 
 __all__ = ["AlignConfig", "Easi3RConfig"]
 
-GRAPHS = ("swin", "swinstride", "swin2stride", "complete", "oneref")
+#: The official demo's frame cap for videos (``--num_frames 200``).
+DEFAULT_VIDEO_FRAMES = 200
+
+
+def _bounds(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> dict[str, Any]:
+    """Field metadata: the closed (or open) interval a numeric field must lie in."""
+    return {"bounds": (lo, hi, lo_open, hi_open)}
+
+
+def _allowed(annotation: Any) -> tuple[list[type], list[Any], bool]:
+    """The plain types, the literal values and whether None is allowed by a field's annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        kinds: list[type] = []
+        literals: list[Any] = []
+        optional = False
+        for arg in typing.get_args(annotation):
+            k, lits, opt = _allowed(arg)
+            kinds += k
+            literals += lits
+            optional |= opt
+        return kinds, literals, optional
+    if origin is Literal:
+        return [], list(typing.get_args(annotation)), False
+    if annotation is type(None):
+        return [], [], True
+    return [annotation], [], False
+
+
+def _check_value(owner: str, name: str, value: Any, annotation: Any, bounds: tuple[Any, ...] | None) -> None:
+    """Type and range check of one config value; raises a one-line :class:`Easi3RInputError`."""
+    kinds, literals, optional = _allowed(annotation)
+    if value is None and optional:
+        return
+    if not isinstance(value, bool) and any(value == lit and type(value) is type(lit) for lit in literals):
+        return
+    ok = False
+    if isinstance(value, bool):
+        ok = bool in kinds
+    elif isinstance(value, int):
+        ok = int in kinds or float in kinds
+    elif isinstance(value, float):
+        ok = float in kinds
+    else:
+        ok = any(k not in (int, float, bool) and isinstance(value, k) for k in kinds)
+    if not ok:
+        expected = [k.__name__ for k in kinds] + [repr(v) for v in literals] + (["None"] if optional else [])
+        raise Easi3RInputError(
+            f"{owner}.{name} must be {' or '.join(expected)}, got {value!r} ({type(value).__name__})"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Easi3RInputError(f"{owner}.{name} must be finite, got {value!r}")
+    if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi, lo_open, hi_open = bounds
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        above = hi is not None and (value >= hi if hi_open else value > hi)
+        if below or above:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise Easi3RInputError(f"{owner}.{name} must be in {interval}, got {value!r}")
+
+
+def validate_fields(config: Any) -> None:
+    """Check every field of a config dataclass against its annotation (int, float, bool, str, Literal, None)
+    and its ``bounds`` metadata. Floats must be finite; ``bool`` is not accepted for numbers and vice versa.
+
+    Raises:
+        Easi3RInputError: the first offending field, in one line naming it, the expected type and the value.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        _check_value(type(config).__name__, f.name, getattr(config, f.name), hints[f.name], f.metadata.get("bounds"))
 
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Global alignment knobs (pipeline.md §7). Defaults are the official demo's pass-2 values.
+    """Global alignment knobs. Defaults are the official demo's pass-2 values (official Easi3R `demo.py`,
+    `global_aligner(..., mode=GlobalAlignerMode.PointCloudOptimizer)` + `compute_global_alignment(init="mst")`).
 
     Attributes:
         iterations: Adam iterations after the MST initialisation (0 = initialisation only).
@@ -37,31 +115,26 @@ class AlignConfig:
         pnp_iterations, pnp_reprojection_error: RANSAC-PnP settings of the MST initialisation.
     """
 
-    iterations: int = 300
-    lr: float = 0.01
-    lr_min: float = 1e-3
+    iterations: int = field(default=300, metadata=_bounds(0))
+    lr: float = field(default=0.01, metadata=_bounds(0, lo_open=True))
+    lr_min: float = field(default=1e-3, metadata=_bounds(0))
     schedule: Literal["linear", "cosine"] = "linear"
     shared_focal: bool = True
-    min_conf_thr: float = 2.5
-    base_scale: float = 0.5
-    flow_weight: float = 0.01
-    flow_start: float = 0.1
-    flow_threshold: float = 25.0
-    flow_pixel_threshold: float = 50.0
-    temporal_smoothing_weight: float = 0.0
-    translation_weight: float = 1.0
-    pnp_iterations: int = 10
-    pnp_reprojection_error: float = 5.0
+    min_conf_thr: float = field(default=2.5, metadata=_bounds(0))
+    base_scale: float = field(default=0.5, metadata=_bounds(0, lo_open=True))
+    flow_weight: float = field(default=0.01, metadata=_bounds(0))
+    flow_start: float = field(default=0.1, metadata=_bounds(0, 1))
+    flow_threshold: float = field(default=25.0, metadata=_bounds(0, lo_open=True))
+    flow_pixel_threshold: float = field(default=50.0, metadata=_bounds(0, lo_open=True))
+    temporal_smoothing_weight: float = field(default=0.0, metadata=_bounds(0))
+    translation_weight: float = field(default=1.0, metadata=_bounds(0))
+    pnp_iterations: int = field(default=10, metadata=_bounds(1))
+    pnp_reprojection_error: float = field(default=5.0, metadata=_bounds(0, lo_open=True))
 
     def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise Easi3RInputError(f"iterations must be >= 0, got {self.iterations}")
-        if self.schedule not in ("linear", "cosine"):
-            raise Easi3RInputError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
-        if not (0.0 <= self.flow_start <= 1.0):
-            raise Easi3RInputError(f"flow_start is a fraction of the iterations in [0, 1], got {self.flow_start}")
-        if self.lr <= 0 or self.lr_min < 0:
-            raise Easi3RInputError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        validate_fields(self)
+        if self.lr_min > self.lr:
+            raise Easi3RInputError(f"AlignConfig.lr_min must be <= lr, got lr={self.lr}, lr_min={self.lr_min}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +144,9 @@ class Easi3RConfig:
     Attributes:
         image_size: long side of the processed frames in pixels (512 or 224).
         fps: frames per second sampled from a video (None = every frame).
-        max_frames: at most this many frames are used (official demo: 200).
+        max_frames: at most this many frames are used; ``"auto"`` (default) caps videos at the official demo's 200
+            frames and keeps every frame of a folder, list or array; None keeps every frame. Dropped frames are
+            logged (logger ``easi3r``) with their count and the reason.
         graph: pair graph name, one of ``swin``, ``swinstride``, ``swin2stride``, ``complete``, ``oneref``.
         window: window size of the sliding-window graphs (the reference frame of ``oneref``).
         cyclic: wrap the sliding window around the end of the video.
@@ -82,46 +157,46 @@ class Easi3RConfig:
             re-weighting (the plain backbone's pointmaps are aligned).
         align: global alignment settings (see :class:`AlignConfig`).
         flow: use the optical-flow term in alignment (``align.flow_weight`` > 0).
+        alignment: ``"global"`` (all pairs at once, the official mode), ``"window"`` (MonST3R's window-wise mode:
+            overlapping windows of frames aligned one at a time and stitched by Sim(3); only one window's pointmaps
+            are resident) or ``"auto"`` (global up to ``align_window`` frames, window-wise beyond).
+        align_window: frames per alignment window.
+        align_overlap: fraction of a window shared with the next one, in [0, 1).
         export_conf_thr: raw-confidence threshold of the exported point clouds.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
     """
 
-    image_size: int = 512
-    fps: float | None = None
-    max_frames: int | None = 200
-    graph: str = "swinstride"
-    window: int = 5
+    image_size: int = field(default=512, metadata=_bounds(16))
+    fps: float | None = field(default=None, metadata=_bounds(0, lo_open=True))
+    max_frames: int | Literal["auto"] | None = field(default="auto", metadata=_bounds(1))
+    graph: Literal["swin", "swinstride", "swin2stride", "complete", "oneref"] = "swinstride"
+    window: int = field(default=5, metadata=_bounds(0))
     cyclic: bool = False
-    pair_batch_size: int = 4
-    clusters: int = 64
-    cluster_seed: int = 42
-    threshold: str | float = "multiotsu"
+    pair_batch_size: int = field(default=4, metadata=_bounds(1))
+    clusters: int = field(default=64, metadata=_bounds(1))
+    cluster_seed: int = field(default=42, metadata=_bounds(0))
+    threshold: Literal["multiotsu", "otsu"] | float = field(default="multiotsu", metadata=_bounds(0, 1))
     reweight: bool = True
     align: AlignConfig = field(default_factory=AlignConfig)
     flow: bool = True
-    export_conf_thr: float = 1.1
+    alignment: Literal["global", "window", "auto"] = "auto"
+    align_window: int = field(default=100, metadata=_bounds(2))
+    align_overlap: float = field(default=0.5, metadata=_bounds(0, 1, hi_open=True))
+    export_conf_thr: float = field(default=1.1, metadata=_bounds(0))
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if self.image_size not in (224, 512) and (self.image_size <= 0 or self.image_size % 16):
-            raise Easi3RInputError(f"image_size must be a positive multiple of 16, got {self.image_size}")
-        if self.graph not in GRAPHS:
-            raise Easi3RInputError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
-        if self.window < 1 and self.graph != "oneref":
-            raise Easi3RInputError(f"window must be >= 1, got {self.window}")
-        if self.clusters < 1:
-            raise Easi3RInputError(f"clusters must be >= 1, got {self.clusters}")
-        if self.pair_batch_size < 1:
-            raise Easi3RInputError(f"pair_batch_size must be >= 1, got {self.pair_batch_size}")
-        if isinstance(self.threshold, str):
-            if self.threshold not in ("multiotsu", "otsu"):
-                raise Easi3RInputError(f"threshold must be 'multiotsu', 'otsu' or a number, got {self.threshold!r}")
-        elif not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
-            raise Easi3RInputError(f"threshold must be 'multiotsu', 'otsu' or a number, got {self.threshold!r}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise Easi3RInputError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.fps is not None and self.fps <= 0:
-            raise Easi3RInputError(f"fps must be > 0, got {self.fps}")
+        validate_fields(self)
+        if self.image_size % 16:
+            raise Easi3RInputError(f"Easi3RConfig.image_size must be a multiple of 16, got {self.image_size}")
+        if self.graph != "oneref" and self.window < 1:
+            raise Easi3RInputError(f"Easi3RConfig.window must be >= 1 for the {self.graph!r} graph, got {self.window}")
+        if not isinstance(self.align, AlignConfig):
+            raise Easi3RInputError(f"Easi3RConfig.align must be an AlignConfig, got {type(self.align).__name__}")
+        if self.device is not None:
+            from .device import resolve_device
+
+            resolve_device(self.device)
 
     @property
     def graph_name(self) -> str:
@@ -130,6 +205,18 @@ class Easi3RConfig:
             return "complete"
         name = f"{self.graph}-{self.window}"
         return name if self.cyclic or self.graph == "oneref" else name + "-noncyclic"
+
+    def alignment_mode(self, num_frames: int) -> Literal["global", "window"]:
+        """The alignment actually used for ``num_frames`` frames (``"auto"`` resolved)."""
+        if self.alignment == "auto":
+            return "global" if num_frames <= self.align_window else "window"
+        return self.alignment
+
+    def frame_limit(self, is_video: bool) -> int | None:
+        """The frame cap for a source: ``max_frames``, with ``"auto"`` = 200 for videos, no cap otherwise."""
+        if self.max_frames == "auto":
+            return DEFAULT_VIDEO_FRAMES if is_video else None
+        return self.max_frames
 
     def align_config(self) -> AlignConfig:
         """The alignment settings actually used: ``align`` with the flow term removed when ``flow`` is off."""

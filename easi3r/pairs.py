@@ -1,10 +1,10 @@
 """Scene graphs: which frame pairs go through the network, in the official order.
 
-Reproduces ``make_pairs`` of the Easi3R / MonST3R code (backbone.md §9.1, pipeline.md §1), edge order
-included. The sliding-window graphs collect unordered pairs in a Python ``set`` and list them in the set's
-iteration order; that order is CPython's (deterministic for a given insertion sequence, not sorted), so it
-is reproduced by inserting the same tuples in the same loop order. The order does not change the method's
-maths, only floating-point summation order and "last writer wins" choices downstream.
+Reproduces ``make_pairs`` of the official code (Easi3R / MonST3R ``dust3r/image_pairs.py``, ``make_pairs`` with
+the sliding-window ``swin*`` graphs), edge order included. The sliding-window graphs collect unordered pairs in a
+Python ``set`` and list them in the set's iteration order; that order is CPython's (deterministic for a given
+insertion sequence, not sorted), so it is reproduced by inserting the same tuples in the same loop order. The
+order does not change the method's maths, only floating-point summation order and "last writer wins" choices downstream.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def make_pairs(
             ``"swinstride-5-noncyclic"`` is also accepted and then overrides ``window`` and ``cyclic``.
         window: window size of the sliding-window graphs; for ``"oneref"`` the reference frame when ``refid``
             is None (this is how :class:`easi3r.Easi3RConfig` stores it).
-        cyclic: sliding windows wrap around the end (``j = (i + k) mod T``). As in the official code this can
-            produce self-pairs ``(i, i)`` when an offset is a multiple of ``T``.
+        cyclic: sliding windows wrap around the end (``j = (i + k) mod T``). Where an offset is a multiple of
+            ``T`` the official code produces a self-pair ``(i, i)``, which the alignment cannot use (a frame
+            aligned with itself); such pairs are dropped here.
         symmetrize: append the swapped pairs. Official condition, kept verbatim: symmetrised when
             ``symmetrize`` and the graph is not ``oneref`` and its official name does not start with
             ``"swin-1"`` (this also matches ``swin-10`` ... ``swin-19``), or always when ``T == 2``.
@@ -124,6 +125,8 @@ def make_pairs(
                 if cyclic:
                     j %= t
                 elif j >= t:
+                    continue
+                if j == i:
                     continue
                 unordered.add((i, j) if i < j else (j, i))
         pairs = list(unordered)

@@ -1,70 +1,71 @@
-"""The Easi3R method end to end: frames -> pass 1 -> masks -> re-weighted pass 2 -> global alignment.
+"""The Easi3R method end to end: frames -> pass 1 -> masks -> re-weighted pass 2 -> alignment -> reconstruction.
 
-:class:`Easi3R` is a thin stateful shell (it holds the backbone and the configuration); every stage is also a
-public method or function so a notebook can stop after any of them:
+This module only orchestrates; every stage lives in its own module and is public, so a notebook can stop after
+any of them:
 
-1. :func:`easi3r.load_frames` -> :class:`~easi3r.frames.Frames`;
-2. :func:`easi3r.pairs.make_pairs` -> ``(P, 2)`` edges (reference order kept);
-3. :meth:`Easi3R.encode`: the encoder runs **once per frame**; both passes reuse the tokens;
-4. :func:`run_pass` (pass 1): decoders only (``heads=False``), the readout maps stream into an
+1. :func:`easi3r.frames.load_frames` -> :class:`~easi3r.frames.Frames`;
+2. :func:`easi3r.pairs.make_pairs` -> ``(P, 2)`` edges (official order kept);
+3. :func:`encode_frames`: the encoder runs **once per frame**; every pass reuses the tokens, and the k-means
+   labels of the cluster fusion are computed once from them (both passes use the same tokens and seed);
+4. :func:`run_pass` (pass 1): decoders only, the readout streams into an
    :class:`~easi3r.attention.AttentionAccumulator`; nothing per pair is kept;
-5. :func:`segment` -> masks (fusion, Eq. 9, k-means fusion, multi-Otsu);
-6. :func:`run_pass` (pass 2): the reference decoder re-weighted by the pass-1 masks, with heads; the pairwise
-   pointmaps are kept for alignment and the pass-2 attention gives the final masks (as the official code does);
-7. :func:`easi3r.align.global_align` -> cameras, intrinsics, depths; assembled into a
-   :class:`~easi3r.result.Reconstruction`.
+5. :func:`easi3r.segment.segment` -> masks (channel fusion, Easi3R Eq. 9, cluster fusion, multi-Otsu);
+6. :func:`run_pass` (pass 2): the reference decoder re-weighted by the pass-1 masks; its attention gives the
+   final masks (as the official code does). In global alignment mode its heads also give the pairwise pointmaps;
+7. alignment: :func:`easi3r.align.global_align` on every pair at once, or :func:`easi3r.align.window_align`
+   window by window. In window mode the pass-2 pointmaps are **not** kept: each window's pairs are run through
+   the re-weighted network again when that window is aligned (:class:`NetworkPointmaps`; deterministic, the same
+   re-weighting as pass 2), so only one window's pointmaps are ever resident;
+8. assembled into a :class:`~easi3r.result.Reconstruction`.
+
+Memory: besides one window's (or, in global mode, every pair's) pointmaps, the only state that grows with the
+number of frames ``T`` is per frame: the frames, the encoder tokens, the attention statistics and the outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .align import global_align
-from .attention import AttentionAccumulator, FusedAttention, dynamic_map, fuse_attention
+from .align import Alignment, FlowProvider, global_align, window_align
+from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
 from .config import Easi3RConfig
 from .device import resolve_device
 from .errors import Easi3RInputError
-from .frames import Frames, load_frames
+from .frames import Frames, is_video_path, load_frames
 from .pairs import make_pairs
 from .result import Reconstruction
-from .segment import MaskRefiner, ThresholdResult, apply_refiner, cluster_fuse, compute_masks
+from .segment import MaskRefiner, Segmentation, apply_refiner, cluster_labels, segment
 
-__all__ = [
-    "Easi3R",
-    "PairPointmaps",
-    "PassOutput",
-    "Segmentation",
-    "Trace",
-    "encode_frames",
-    "run_pass",
-    "segment",
-]
+__all__ = ["Easi3R", "NetworkPointmaps", "PairPointmaps", "PassOutput", "Trace", "encode_frames", "run_pass"]
+
+logger = logging.getLogger("easi3r")
 
 
 @dataclass
 class PairPointmaps:
-    """Pass-2 network outputs kept for global alignment (the only per-pair state of the pipeline).
+    """Pass-2 network outputs of a set of pairs (the only per-pair state of the pipeline).
 
     Attributes:
         edges: ``(P, 2)`` int64 ``(view-1 frame, view-2 frame)``.
-        pts_i: ``(P, H, W, 3)`` view-1 points in view-1's camera. pts_j: view-2 points in view-1's camera.
-        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+        pts_1: ``(P, H, W, 3)`` view-1 points in view 1's camera. pts_2: view-2 points in view 1's camera.
+        conf_1, conf_2: ``(P, H, W)`` raw confidences (>= 1).
     """
 
     edges: Tensor
-    pts_i: Tensor
-    pts_j: Tensor
-    conf_i: Tensor
-    conf_j: Tensor
+    pts_1: Tensor
+    pts_2: Tensor
+    conf_1: Tensor
+    conf_2: Tensor
 
 
 @dataclass
@@ -75,30 +76,9 @@ class PassOutput:
     asked for (``keep_maps=True``): the pipeline itself never needs them.
     """
 
-    attention: AttentionAccumulator
+    attention: AttentionAccumulator | None
     pointmaps: PairPointmaps | None
     pair_maps: tuple[Tensor, Tensor] | None = None
-
-
-@dataclass
-class Segmentation:
-    """Motion segmentation of one pass (all on CPU).
-
-    Attributes:
-        fused: the four channel-fused maps ``(T, h, w)`` (src/ref mean/std).
-        dynamic_map: ``(T, h, w)`` Eq. 9, per-frame normalised.
-        refined: ``(T, h, w)`` cluster-fused dynamic map (what the masks threshold).
-        labels: ``(T, h, w)`` k-means labels.
-        masks: ``(T, H, W)`` bool dynamic masks.
-        threshold: the chosen threshold and how.
-    """
-
-    fused: FusedAttention
-    dynamic_map: Tensor
-    refined: Tensor
-    labels: Tensor
-    masks: Tensor
-    threshold: ThresholdResult
 
 
 def encode_frames(backbone: Backbone, images: Tensor, *, batch_size: int = 4, progress: bool = False) -> EncodedImages:
@@ -107,6 +87,9 @@ def encode_frames(backbone: Backbone, images: Tensor, *, batch_size: int = 4, pr
 
     Args:
         images: ``(T, 3, H, W)`` normalised frames (any device; moved to the backbone's).
+
+    Returns:
+        :class:`EncodedImages` of the ``T`` frames on the backbone's device.
     """
     parts = []
     with torch.inference_mode():
@@ -129,6 +112,7 @@ def run_pass(
     *,
     masks: Tensor | None = None,
     heads: bool = False,
+    readout: bool = True,
     batch_size: int = 4,
     keep_maps: bool = False,
     progress: bool = True,
@@ -141,15 +125,17 @@ def run_pass(
         encoded: encoder tokens of all ``T`` frames (:meth:`Backbone.encode`), on the backbone's device.
         edges: ``(P, 2)`` int64 edges.
         masks: ``(T, H, W)`` bool dynamic masks for the re-weighted pass (None: plain attention).
-        heads: run the heads and keep the pointmaps (pass 2).
-        batch_size: pairs per network call.
+        heads: run the heads and keep the pointmaps.
+        readout: accumulate the cross-attention statistics (False: ``attention`` is None).
+        batch_size: pairs per network call (batch composition = consecutive edges, so a pair's outputs depend
+            only on the edge list and the batch size).
         keep_maps: also return the per-pair readout maps (inspection and tests; O(P) memory).
 
     Returns:
         :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
     """
     num_frames = len(encoded)
-    acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels)
+    acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels) if readout else None
     device = encoded.tokens.device
     pointmaps = None
     if heads:
@@ -157,10 +143,10 @@ def run_pass(
         n, (hh, ww) = len(edges), encoded.image_size
         pointmaps = PairPointmaps(
             edges,
-            pts_i=torch.empty(n, hh, ww, 3, device=device),
-            pts_j=torch.empty(n, hh, ww, 3, device=device),
-            conf_i=torch.empty(n, hh, ww, device=device),
-            conf_j=torch.empty(n, hh, ww, device=device),
+            pts_1=torch.empty(n, hh, ww, 3, device=device),
+            pts_2=torch.empty(n, hh, ww, 3, device=device),
+            conf_1=torch.empty(n, hh, ww, device=device),
+            conf_2=torch.empty(n, hh, ww, device=device),
         )
     maps: tuple[list[Tensor], list[Tensor]] = ([], [])
     dev_masks = masks.to(device) if masks is not None else None
@@ -175,55 +161,68 @@ def run_pass(
                 dynamic_mask1=dev_masks[i] if dev_masks is not None else None,
                 dynamic_mask2=dev_masks[j] if dev_masks is not None else None,
                 heads=heads,
+                readout=readout,
             )
-            acc.add(e, pred.cross_attn_1, pred.cross_attn_2)
-            if keep_maps:
-                maps[0].append(pred.cross_attn_1.cpu())
-                maps[1].append(pred.cross_attn_2.cpu())
+            if acc is not None:
+                if pred.cross_attn_1 is None or pred.cross_attn_2 is None:
+                    raise Easi3RInputError(f"{type(backbone).__name__}.forward_pair returned no readout maps")
+                acc.add(e, pred.cross_attn_1, pred.cross_attn_2)
+                if keep_maps:
+                    maps[0].append(pred.cross_attn_1.cpu())
+                    maps[1].append(pred.cross_attn_2.cpu())
             if pointmaps is not None:
+                if pred.pts3d_1 is None or pred.pts3d_2 is None or pred.conf_1 is None or pred.conf_2 is None:
+                    raise Easi3RInputError(f"{type(backbone).__name__}.forward_pair returned no pointmaps")
                 rows = slice(start, start + len(e))
-                pointmaps.pts_i[rows] = pred.pts3d_1
-                pointmaps.pts_j[rows] = pred.pts3d_2
-                pointmaps.conf_i[rows] = pred.conf_1
-                pointmaps.conf_j[rows] = pred.conf_2
+                pointmaps.pts_1[rows] = pred.pts3d_1
+                pointmaps.pts_2[rows] = pred.pts3d_2
+                pointmaps.conf_1[rows] = pred.conf_1
+                pointmaps.conf_2[rows] = pred.conf_2
             bar.update(len(e))
     bar.close()
-    pair_maps = (torch.cat(maps[0]), torch.cat(maps[1])) if keep_maps else None
+    pair_maps = (torch.cat(maps[0]), torch.cat(maps[1])) if keep_maps and maps[0] else None
     return PassOutput(acc, pointmaps, pair_maps)
 
 
-def segment(
-    attention: AttentionAccumulator,
-    features: Tensor,
-    image_size: tuple[int, int],
-    *,
-    clusters: int = 64,
-    seed: int = 42,
-    threshold: str | float = "multiotsu",
-    progress: bool = False,
-    desc: str = "segment",
-) -> Segmentation:
-    """Attention statistics -> fused maps -> dynamic map -> cluster fusion -> thresholded masks.
+@dataclass
+class NetworkPointmaps:
+    """Pointmaps of any subset of the pairs, computed on demand by the re-weighted network (window alignment).
 
-    Args:
-        attention: the accumulator of a pass.
-        features: ``(T, h, w, C)`` encoder features (k-means input).
-        image_size: ``(H, W)`` of the masks.
-        clusters, seed, threshold: see :class:`~easi3r.config.Easi3RConfig`.
-        progress: a three-step bar (fusion, k-means, threshold).
+    Calling it with edge indices runs decoders and heads on those pairs only, re-weighted by ``masks`` as in
+    pass 2, so a window's pointmaps exist only while that window is aligned. The network is deterministic for a
+    given batch composition; the batches are consecutive runs of the requested edges.
+
+    Attributes:
+        backbone, encoded: the network and the encoder tokens of all frames.
+        edges: ``(P, 2)`` all edges of the video.
+        masks: ``(T, H, W)`` bool re-weighting masks (pass-1 masks), or None for plain attention.
+        batch_size: pairs per network call.
     """
-    with tqdm(total=3, desc=desc, unit="step", disable=not progress, leave=False) as bar:
-        bar.set_postfix_str("fusing attention")
-        fused = fuse_attention(attention.stats())
-        dyn = dynamic_map(fused)
-        bar.update()
-        bar.set_postfix_str(f"k-means ({clusters} clusters)")
-        refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
-        bar.update()
-        bar.set_postfix_str("threshold")
-        masks, chosen = compute_masks(refined, image_size, threshold)
-        bar.update()
-    return Segmentation(fused, dyn, refined, labels, masks, chosen)
+
+    backbone: Backbone
+    encoded: EncodedImages
+    edges: Tensor
+    masks: Tensor | None
+    batch_size: int = 4
+    progress: bool = False
+
+    def __call__(self, edge_indices: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(K,)`` int64 edge indices -> ``pts_1, pts_2 (K, H, W, 3)``, ``conf_1, conf_2 (K, H, W)``."""
+        out = run_pass(
+            self.backbone,
+            self.encoded,
+            self.edges[edge_indices.cpu()],
+            masks=self.masks,
+            heads=True,
+            readout=False,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="pointmaps",
+        )
+        pm = out.pointmaps
+        if pm is None:  # run_pass always returns pointmaps when heads=True
+            raise Easi3RInputError("no pointmaps were computed")
+        return pm.pts_1, pm.pts_2, pm.conf_1, pm.conf_2
 
 
 @dataclass
@@ -232,21 +231,25 @@ class Trace:
 
     Attributes:
         keep_pair_maps: also keep every pair's readout maps in ``pass1`` / ``pass2`` (memory O(pairs)).
-        frames, edges, features: the inputs of the stages (``features``: ``(T, h, w, C)`` encoder tokens).
+        frames, edges: the inputs of the stages.
+        features: ``(T, h, w, C)`` encoder tokens on CPU (copied only because a trace asked for them).
+        cluster_labels: ``(T, h, w)`` int64 k-means labels (computed once, used by both segmentations).
         pass1, pass2: :class:`PassOutput` of both passes (``pass2`` is None when re-weighting is off).
         segmentation1, segmentation2: masks and maps of each pass (``segmentation2`` gives the final masks).
-        alignment: the :class:`~easi3r.align.Alignment`.
+        alignment: the :class:`~easi3r.align.Alignment`; ``alignment_mode``: ``"global"`` or ``"window"``.
     """
 
     keep_pair_maps: bool = False
     frames: Frames | None = None
     edges: Tensor | None = None
     features: Tensor | None = None
+    cluster_labels: Tensor | None = None
     pass1: PassOutput | None = None
     pass2: PassOutput | None = None
     segmentation1: Segmentation | None = None
     segmentation2: Segmentation | None = None
-    alignment: Any = None
+    alignment: Alignment | None = None
+    alignment_mode: str | None = None
 
 
 class Easi3R:
@@ -275,7 +278,7 @@ class Easi3R:
         config: Easi3RConfig | None = None,
         *,
         mask_refiner: MaskRefiner | None = None,
-        flow_provider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        flow_provider: FlowProvider | None = None,
         **overrides: Any,
     ) -> None:
         cfg = (config or Easi3RConfig()).with_overrides(**overrides)
@@ -288,9 +291,10 @@ class Easi3R:
 
     # -- stages --------------------------------------------------------------------------------------------------
     def load(self, frames: Any) -> Frames:
-        """Frames from any source :func:`easi3r.load_frames` accepts, with this config's size/fps/max_frames."""
+        """Frames from any source :func:`easi3r.load_frames` accepts, with this config's size/fps/frame cap."""
         cfg = self.config
-        loaded = load_frames(frames, cfg.image_size, fps=cfg.fps, max_frames=cfg.max_frames)
+        limit = cfg.frame_limit(is_video_path(frames))
+        loaded = load_frames(frames, cfg.image_size, fps=cfg.fps, max_frames=limit)
         if len(loaded) < 2:
             raise Easi3RInputError(
                 f"Easi3R needs at least 2 frames (the attention statistics compare pairs), got {len(loaded)}"
@@ -306,32 +310,68 @@ class Easi3R:
         """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
         return encode_frames(self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress)
 
+    def cluster(self, encoded: EncodedImages) -> Tensor:
+        """``(T, h, w)`` int64 k-means labels of the encoder tokens (the cluster fusion's clusters), on CPU."""
+        features = rearrange(encoded.tokens, "t (h w) c -> t h w c", h=encoded.grid[0])
+        return cluster_labels(
+            features.float().cpu(), n_clusters=self.config.clusters, random_state=self.config.cluster_seed
+        )
+
     def segment(
-        self,
-        output: PassOutput,
-        encoded: EncodedImages,
-        frames: Frames,
-        *,
-        progress: bool = False,
-        desc: str = "segment",
+        self, output: PassOutput, labels: Tensor, frames: Frames, *, progress: bool = False, desc: str = "segment"
     ) -> Segmentation:
-        """Masks from a pass's attention statistics (and the optional refiner)."""
-        cfg = self.config
-        h, w = encoded.grid
-        features = encoded.tokens.reshape(len(encoded), h, w, -1)
+        """Masks from a pass's attention statistics and the k-means labels (then the optional refiner)."""
+        if output.attention is None:
+            raise Easi3RInputError("this pass ran without the attention readout; nothing to segment")
         seg = segment(
-            output.attention,
-            features,
-            frames.size,
-            clusters=cfg.clusters,
-            seed=cfg.cluster_seed,
-            threshold=cfg.threshold,
-            progress=progress,
-            desc=desc,
+            output.attention, labels, frames.size, threshold=self.config.threshold, progress=progress, desc=desc
         )
         if self.mask_refiner is not None:
-            seg.masks = apply_refiner(self.mask_refiner, frames.uint8, seg.masks)
+            seg.masks = apply_refiner(self.mask_refiner, frames.rgb, seg.masks)
         return seg
+
+    def align(
+        self,
+        mode: str,
+        edges: Tensor,
+        frames: Frames,
+        masks: Tensor,
+        *,
+        pointmaps: PairPointmaps | None,
+        source: NetworkPointmaps | None,
+        progress: bool = True,
+    ) -> Alignment:
+        """Global (every pair's pointmaps at once) or window-wise alignment (pointmaps fetched per window)."""
+        cfg = self.config
+        common: dict[str, Any] = dict(
+            config=cfg.align_config(),
+            images=frames.rgb,
+            masks=masks.to(self.device),
+            flow_provider=self.flow_provider,
+            progress=progress,
+        )
+        if mode == "global":
+            if pointmaps is None:
+                raise Easi3RInputError("global alignment needs the pass-2 pointmaps")
+            return global_align(
+                pointmaps.edges.to(self.device),
+                pointmaps.pts_1,
+                pointmaps.pts_2,
+                pointmaps.conf_1,
+                pointmaps.conf_2,
+                n_frames=len(frames),
+                **common,
+            )
+        if source is None:
+            raise Easi3RInputError("window alignment needs a pointmap source")
+        return window_align(
+            edges.to(self.device),
+            source,
+            len(frames),
+            window=cfg.align_window,
+            overlap=cfg.align_overlap,
+            **common,
+        )
 
     # -- the whole method ---------------------------------------------------------------------------------------
     def run(self, frames: Any, *, progress: bool = True, trace: Trace | None = None) -> Reconstruction:
@@ -341,68 +381,60 @@ class Easi3R:
             frames: the video.
             progress: tqdm bars for every stage.
             trace: a :class:`Trace` to fill with the intermediates (attention statistics, masks of both passes,
-                pointmaps, alignment state).
+                pointmaps, alignment state). Without one, nothing beyond the outputs is kept.
 
         Returns:
             A :class:`~easi3r.result.Reconstruction` (masks, attention maps, cameras, depths, points).
         """
         cfg = self.config
-        trace = trace if trace is not None else Trace()
+        logger.debug("stage: load")
         frames = self.load(frames)
         edges = self.pairs(len(frames))
+        mode = cfg.alignment_mode(len(frames))
+        logger.debug("stage: encode (%d frames, %d pairs, %s alignment)", len(frames), len(edges), mode)
         encoded = self.encode(frames, progress=progress)
-        batch, keep = cfg.pair_batch_size, trace.keep_pair_maps
-        trace.frames, trace.edges = frames, edges
-        trace.features = encoded.tokens.reshape(len(encoded), *encoded.grid, -1).cpu()
+        logger.debug("stage: k-means")
+        labels = self.cluster(encoded)
+        batch = cfg.pair_batch_size
+        keep = trace is not None and trace.keep_pair_maps
+        if trace is not None:
+            trace.frames, trace.edges, trace.cluster_labels, trace.alignment_mode = frames, edges, labels, mode
+            trace.features = rearrange(encoded.tokens, "t (h w) c -> t h w c", h=encoded.grid[0]).cpu()
 
-        first = run_pass(
-            self.backbone,
-            encoded,
-            edges,
-            heads=not cfg.reweight,
-            batch_size=batch,
-            keep_maps=keep,
-            progress=progress,
-            desc="pass 1 (attention)",
-        )
-        seg = self.segment(first, encoded, frames, progress=progress, desc="masks (pass 1)")
-        trace.pass1, trace.segmentation1 = first, seg
+        # Pointmaps come from the last pass (pass 2, or pass 1 without re-weighting), and only in global mode.
+        heads_1 = mode == "global" and not cfg.reweight
+        logger.debug("stage: pass 1")
+        first = run_pass(self.backbone, encoded, edges, heads=heads_1, batch_size=batch, keep_maps=keep,
+                         progress=progress, desc="pass 1 (attention)")  # fmt: skip
+        seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
+        pointmaps = first.pointmaps
+        if trace is not None:
+            trace.pass1, trace.segmentation1 = first, seg_1
+        del first
+        reweight_masks = seg_1.masks if cfg.reweight else None
         if cfg.reweight:
-            second = run_pass(
-                self.backbone,
-                encoded,
-                edges,
-                masks=seg.masks,
-                heads=True,
-                batch_size=batch,
-                keep_maps=keep,
-                progress=progress,
-                desc="pass 2 (re-weighted)",
-            )
+            logger.debug("stage: pass 2")
+            second = run_pass(self.backbone, encoded, edges, masks=seg_1.masks, heads=mode == "global",
+                              batch_size=batch, keep_maps=keep, progress=progress,
+                              desc="pass 2 (re-weighted)")  # fmt: skip
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
-            seg = self.segment(second, encoded, frames, progress=progress, desc="masks (pass 2)")
-            trace.pass2, trace.segmentation2 = second, seg
+            seg = self.segment(second, labels, frames, progress=progress, desc="masks (pass 2)")
             pointmaps = second.pointmaps
-        else:
-            pointmaps = first.pointmaps
-        del encoded
+            if trace is not None:
+                trace.pass2, trace.segmentation2 = second, seg
+            del second
 
-        assert pointmaps is not None
-        aligned = global_align(
-            pointmaps.edges.to(self.device),
-            pointmaps.pts_i,
-            pointmaps.pts_j,
-            pointmaps.conf_i,
-            pointmaps.conf_j,
-            config=cfg.align_config(),
-            images=frames.uint8,
-            masks=seg.masks.to(self.device),
-            flow_provider=self.flow_provider,
-            progress=progress,
-        )
-        trace.alignment = aligned
+        source = None
+        if mode == "window":
+            source = NetworkPointmaps(self.backbone, encoded, edges, reweight_masks, batch_size=batch)
+        logger.debug("stage: alignment")
+        aligned = self.align(mode, edges, frames, seg.masks, pointmaps=pointmaps, source=source, progress=progress)
+        del pointmaps, source, encoded
+        if trace is not None:
+            trace.alignment = aligned
+        logger.debug("stage: assemble")
         return Reconstruction(
-            images=frames.uint8,
+            images=frames.rgb,
             masks=seg.masks.cpu().numpy(),
             dynamic_maps=seg.refined.cpu().numpy().astype(np.float32),
             attention={k: v.cpu().numpy().astype(np.float32) for k, v in seg.fused.as_dict().items()},
@@ -415,7 +447,7 @@ class Easi3R:
             original_sizes=list(frames.original_sizes),
             image_size=cfg.image_size,
             fps=frames.fps,
-            cluster_labels=seg.labels.cpu().numpy(),
+            cluster_labels=labels.numpy(),
             threshold=float(seg.threshold.threshold),
             conf_threshold=cfg.export_conf_thr,
             backbone=str(self.backbone_name),

@@ -74,12 +74,26 @@ def test_swin2stride_counts() -> None:
     assert len(make_pairs(12, "swin2stride-4")) == 2 * 48
 
 
-def test_cyclic_wraps_and_may_self_pair() -> None:
+def test_cyclic_wraps_without_self_pairs() -> None:
     rows = _rows(make_pairs(5, "swin", 2, cyclic=True))
     assert {(i, j) for i, j in rows} == {(i, j) for i in range(5) for j in range(5) if i != j}
-    # Offsets 1, 3, 5 on 5 frames: offset 5 maps every frame onto itself, as in the official code.
+    # Offsets 1, 3, 5 on 5 frames: offset 5 maps every frame onto itself; the official code would emit (i, i).
     rows = _rows(make_pairs(5, "swinstride", 3, cyclic=True))
-    assert {(i, i) for i in range(5)} <= set(rows)
+    assert all(i != j for i, j in rows)
+    assert {(i, j) for i, j in rows} == {(i, j) for i in range(5) for j in range(5) if i != j}
+
+
+@pytest.mark.parametrize(
+    ("graph", "t", "window"),
+    [("swinstride", 3, 2), ("swinstride", 3, 3), ("swinstride", 3, 5), ("swinstride", 5, 5), ("swin", 2, 3),
+     ("swin", 3, 3), ("swin2stride", 4, 5)],
+)  # fmt: skip
+def test_no_self_pairs_for_few_frames(graph: str, t: int, window: int) -> None:
+    rows = make_pairs(t, graph, window, cyclic=True)
+    assert len(rows) > 0 and (rows[:, 0] != rows[:, 1]).all()
+    # Every frame is still in a pair, and each pair appears in both orders.
+    assert set(rows.ravel().tolist()) == set(range(t))
+    assert {(int(a), int(b)) for a, b in rows} == {(int(b), int(a)) for a, b in rows}
 
 
 def test_complete() -> None:
