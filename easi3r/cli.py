@@ -7,55 +7,158 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import sys
 import traceback
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .errors import Easi3RError, first_line
+from . import config as config_mod
+from .config import AlignConfig, Easi3RConfig
+from .errors import Easi3RError, Easi3RInputError, first_line
 
 __all__ = ["build_parser", "main"]
 
 
-def _threshold(text: str) -> str | float:
-    if text in ("multiotsu", "otsu"):
-        return text
+#: Command-line groups of the configuration fields, in the order of the method's stages.
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "frames": ("image_size", "fps", "max_frames"),
+    "pairs and network": ("graph", "window", "cyclic", "pair_batch_size"),
+    "segmentation": ("clusters", "cluster_seed", "threshold", "reweight"),
+    "alignment": ("alignment", "align_window", "align_overlap", "flow"),
+    "export": ("export_conf_thr",),
+}
+#: Older spellings kept working.
+_ALIASES = {"pair_batch_size": ("--batch-size",)}
+
+
+def _value_parser(annotation: Any) -> Callable[[str], Any]:
+    """Text -> value for a config field's annotation: ``none`` for None, literals by name, then int, float."""
+    kinds, literals, optional = config_mod._allowed(annotation)
+
+    def parse(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        for lit in literals:
+            if text == str(lit):
+                return lit
+        if int in kinds:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        if float in kinds:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        if str in kinds:
+            return text
+        expected = [k.__name__ for k in kinds] + [repr(v) for v in literals] + (["none"] if optional else [])
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(expected)}, got {text!r}")
+
+    return parse
+
+
+def _config_fields() -> dict[str, tuple[Any, str, Any]]:
+    """Every settable field of :class:`Easi3RConfig` and :class:`AlignConfig`: name -> (annotation, help, default)."""
+    out: dict[str, tuple[Any, str, Any]] = {}
+    for cls in (Easi3RConfig, AlignConfig):
+        hints = typing.get_type_hints(cls)
+        docs = config_mod.field_docs(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            if f.name in ("align", "device"):
+                continue
+            out[f.name] = (hints[f.name], docs.get(f.name, ""), getattr(defaults, f.name))
+    return out
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--field-name`` option per configuration field (booleans also ``--no-field-name``), grouped by stage,
+    help text from the dataclasses' docstrings. Options left out keep the config's value (``argparse.SUPPRESS``)."""
+    fields = _config_fields()
+    grouped = {name for names in _GROUPS.values() for name in names}
+    groups = dict(_GROUPS)
+    groups["alignment optimiser"] = tuple(n for n in fields if n not in grouped)
+    for title, names in groups.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            annotation, doc, default = fields[name]
+            flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, ())]
+            text = f"{doc} (default: {default})".replace("%", "%%")
+            if annotation is bool:
+                group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=text)  # fmt: skip
+            else:
+                group.add_argument(*flags, dest=name, type=_value_parser(annotation), default=argparse.SUPPRESS,
+                                   metavar=name.upper(), help=text)  # fmt: skip
+
+
+def resolve_config(args: argparse.Namespace) -> Easi3RConfig:
+    """The run's configuration: ``--config FILE`` (JSON or YAML, e.g. a saved ``config.json``) if given, then every
+    ``--field-name`` option on top of it."""
+    base = Easi3RConfig()
+    if getattr(args, "config", None):
+        base = load_config_file(args.config)
+    overrides = {name: getattr(args, name) for name in _config_fields() if hasattr(args, name)}
+    return base.with_overrides(**overrides)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> Easi3RConfig:
+    """Read a JSON or YAML configuration file into an :class:`Easi3RConfig`.
+
+    Raises:
+        Easi3RInputError: unreadable file, invalid syntax, unknown fields or invalid values.
+    """
+    p = Path(path)
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'multiotsu', 'otsu' or a number, got {text!r}") from None
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise Easi3RInputError(f"cannot read config file {str(p)!r}: {first_line(err)}") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # JSON and YAML parsers raise their own error types
+        raise Easi3RInputError(
+            f"config file {str(p)!r} is not valid {p.suffix[1:] or 'JSON'}: {first_line(err)}"
+        ) from None
+    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+        data = data["config"]  # a saved run's config.json: {"easi3r": version, "backbone": ..., "config": {...}}
+    return Easi3RConfig.from_dict(data)
+
+
+def write_run_config(out_dir: str | os.PathLike[str], config: Easi3RConfig, backbone: str) -> Path:
+    """Write ``out_dir/config.json``: the resolved configuration of a run (``--config`` reproduces it)."""
+    from .export.atomic import atomic_write_text
+
+    payload = {"easi3r": __version__, "backbone": backbone, "config": config.to_dict()}
+    return atomic_write_text(Path(out_dir) / "config.json", json.dumps(payload, indent=2) + "\n")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import Easi3R
 
-    overrides = {
-        k: v
-        for k, v in {
-            "fps": args.fps,
-            "max_frames": args.max_frames,
-            "window": args.window,
-            "threshold": args.threshold,
-            "iterations": args.iterations,
-            "image_size": args.image_size,
-            "pair_batch_size": args.batch_size,
-        }.items()
-        if v is not None
-    }
-    if args.no_flow:
-        overrides["flow"] = False
-    if args.no_reweight:
-        overrides["reweight"] = False
-    runner = Easi3R(backbone=args.backbone, device=args.device, **overrides)
+    config = resolve_config(args)
+    runner = Easi3R(backbone=args.backbone, device=args.device, config=config)
     rec = runner.run(args.input, progress=not args.quiet)
     written = rec.save(args.out, progress=not args.quiet)
+    write_run_config(args.out, runner.config, str(args.backbone))
     if not args.quiet:
         share = 100.0 * rec.masks.mean()
         print(
             f"{rec.num_frames} frames, {share:.1f} % dynamic pixels, focal {rec.focals.mean():.1f} px "
-            f"at {rec.size[1]}x{rec.size[0]}; {len(written)} outputs in {args.out}"
+            f"at {rec.size[1]}x{rec.size[0]}; {len(written) + 1} outputs in {args.out}"
         )
     return 0
 
@@ -119,17 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry name (dust3r, monst3r, ...), hub repo id or checkpoint path (default dust3r)",
     )
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    run.add_argument("--fps", type=float, default=None, help="frames per second sampled from a video")
-    run.add_argument("--max-frames", type=int, default=None, help="use at most this many frames (default 200)")
-    run.add_argument("--window", type=int, default=None, help="sliding-window size of the pair graph (default 5)")
     run.add_argument(
-        "--threshold", type=_threshold, default=None, help="'multiotsu' (default), 'otsu' or a number in [0, 1]"
+        "--config", default=None, metavar="FILE", help="JSON or YAML configuration (e.g. a run's config.json)"
     )
-    run.add_argument("--iterations", type=int, default=None, help="global alignment iterations (default 300)")
-    run.add_argument("--image-size", type=int, default=None, help="long side of the processed frames (512)")
-    run.add_argument("--batch-size", type=int, default=None, help="pairs per network call (default 4)")
-    run.add_argument("--no-flow", action="store_true", help="disable the optical-flow term of the alignment")
-    run.add_argument("--no-reweight", action="store_true", help="skip the re-weighted second pass")
+    add_config_options(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 

@@ -83,6 +83,29 @@ def _check_value(owner: str, name: str, value: Any, annotation: Any, bounds: tup
             raise Easi3RInputError(f"{owner}.{name} must be in {interval}, got {value!r}")
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: one-line description}`` from the ``Attributes:`` section of a config class's docstring (the help
+    text of the generated command-line options)."""
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == "Attributes:")
+    except StopIteration:
+        return docs
+    current = None
+    for line in lines[start + 1 :]:
+        stripped = line.strip()
+        if not stripped:
+            break
+        head, sep, rest = stripped.partition(": ")
+        if sep and head.isidentifier() and len(line) - len(line.lstrip()) <= 8:
+            current = head
+            docs[current] = rest
+        elif current is not None:
+            docs[current] += " " + stripped
+    return docs
+
+
 def validate_fields(config: Any) -> None:
     """Check every field of a config dataclass against its annotation (int, float, bool, str, Literal, None)
     and its ``bounds`` metadata. Floats must be finite; ``bool`` is not accepted for numbers and vice versa.
@@ -102,7 +125,8 @@ class AlignConfig:
 
     Attributes:
         iterations: Adam iterations after the MST initialisation (0 = initialisation only).
-        lr: base learning rate. ``lr_min``: final learning rate of the schedule.
+        lr: base learning rate of Adam.
+        lr_min: final learning rate of the schedule.
         schedule: ``"linear"`` (official demo) or ``"cosine"``.
         shared_focal: one focal for all frames (True, official) or one per frame.
         min_conf_thr: raw-confidence threshold for the PnP points of the MST initialisation.
@@ -111,8 +135,10 @@ class AlignConfig:
         flow_start: fraction of ``iterations`` after which the flow term is switched on.
         flow_threshold: the flow term is dropped for an iteration whose flow loss exceeds this value (px).
         flow_pixel_threshold: per-element smooth-L1 cut-off of the flow loss (px).
-        temporal_smoothing_weight, translation_weight: the (off by default) pose smoothness term.
-        pnp_iterations, pnp_reprojection_error: RANSAC-PnP settings of the MST initialisation.
+        temporal_smoothing_weight: weight of the (off by default) relative-pose smoothness term.
+        translation_weight: weight of the translation part inside the smoothness term.
+        pnp_iterations: RANSAC iterations of the PnP in the MST initialisation (official 10).
+        pnp_reprojection_error: RANSAC inlier threshold of that PnP in pixels.
     """
 
     iterations: int = field(default=300, metadata=_bounds(0))
@@ -151,7 +177,8 @@ class Easi3RConfig:
         window: window size of the sliding-window graphs (the reference frame of ``oneref``).
         cyclic: wrap the sliding window around the end of the video.
         pair_batch_size: pairs per network call (changes speed and memory, not results).
-        clusters: k-means clusters of the cluster fusion. ``cluster_seed``: its random_state.
+        clusters: k-means clusters of the cluster fusion.
+        cluster_seed: random_state of that k-means.
         threshold: ``"multiotsu"`` (official adaptive 2-4 class rule), ``"otsu"`` or a float in [0, 1].
         reweight: run the second, attention re-weighted pass (Easi3R); False = masks from pass 1 and no pass 2
             re-weighting (the plain backbone's pointmaps are aligned).
@@ -217,6 +244,30 @@ class Easi3RConfig:
         if self.max_frames == "auto":
             return DEFAULT_VIDEO_FRAMES if is_video else None
         return self.max_frames
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (``align`` nested); :meth:`from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Easi3RConfig:
+        """A config from :meth:`to_dict`'s form (or a subset of it; missing fields keep their defaults).
+
+        Alignment fields may be nested under ``"align"`` or given flat.
+
+        Raises:
+            Easi3RInputError: unknown field names, or values that fail validation.
+        """
+        if not isinstance(data, dict):
+            raise Easi3RInputError(f"a configuration must be a mapping of field names, got {type(data).__name__}")
+        flat = {k: v for k, v in data.items() if k != "align"}
+        nested = data.get("align", {}) or {}
+        if not isinstance(nested, dict):
+            raise Easi3RInputError(f"'align' must be a mapping of AlignConfig fields, got {type(nested).__name__}")
+        try:
+            return cls().with_overrides(**flat, **nested)
+        except TypeError as err:
+            raise Easi3RInputError(str(err)) from None
 
     def align_config(self) -> AlignConfig:
         """The alignment settings actually used: ``align`` with the flow term removed when ``flow`` is off."""
