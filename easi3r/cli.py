@@ -92,13 +92,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         for name in names:
             annotation, doc, default = fields[name]
             flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, ())]
-            text = f"{doc} (default: {default})".replace("%", "%%")
+            text = f"{doc.replace('``', '')} (default: {default})".replace("%", "%%")
+            kinds, literals, _ = config_mod._allowed(annotation)
+            metavar = "{" + ",".join(map(str, literals)) + "}" if literals and not kinds else name.upper()
             if annotation is bool:
                 group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=text)  # fmt: skip
             else:
                 group.add_argument(*flags, dest=name, type=_value_parser(annotation), default=argparse.SUPPRESS,
-                                   metavar=name.upper(), help=text)  # fmt: skip
+                                   metavar=metavar, help=text)  # fmt: skip
 
 
 def resolve_config(args: argparse.Namespace) -> Easi3RConfig:
