@@ -1,17 +1,21 @@
 """Frame loading: folders, image lists, videos, arrays and PIL images -> normalised network input.
 
-The preprocessing reproduces the official DUSt3R / Easi3R ``load_images`` bit for bit (backbone.md §8):
+The preprocessing reproduces the official loader bit for bit (official ``dust3r/utils/image.py``,
+``load_images`` with ``_resize_pil_image`` and MonST3R's ``crop_img``):
 
 1. decode, EXIF-transpose (files and PIL images), convert to RGB;
-2. resize so that the long side equals ``size`` (``new = int(round(old * size / long))`` per side), with
-   LANCZOS when shrinking and BICUBIC otherwise; ``size == 224`` instead resizes the short side to 224;
+2. resize so that the long side equals ``image_size`` (``new = int(round(old * image_size / long))`` per side),
+   with LANCZOS when shrinking and BICUBIC otherwise; ``image_size == 224`` instead resizes the short side to 224;
 3. centre crop to multiples of 16 (``cx = W // 2``, ``halfw = ((2 * cx) // 16) * 8``, same for ``y``); a
-   square image is cropped to 4:3 landscape; ``size == 224`` crops a centred square;
+   square image is cropped to 4:3 landscape; ``image_size == 224`` crops a centred square;
 4. ``(u8 / 255 - 0.5) / 0.5`` in float32, i.e. torchvision's ``ToTensor`` + ``Normalize(0.5, 0.5)``.
 
 The one intentional deviation: 16-bit greyscale images (PIL modes ``I;16*`` / ``I``) are scaled to 8 bit
 with ``round(v / 257)`` before the RGB conversion, where the official ``convert("RGB")`` clips every value
 above 255 to white. (16-bit *colour* PNGs are already reduced by Pillow to their high byte when decoded.)
+
+Naming: ``image_size`` is the int long side in pixels (the loader's target); ``size`` is a ``(H, W)`` pair and
+``original_size`` a ``(W, H)`` pair of a user frame, in pixels.
 """
 
 from __future__ import annotations
@@ -25,17 +29,22 @@ from typing import Union
 import cv2
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from .errors import Easi3RInputError
+from ._checks import check_dtype, check_shape
+from .errors import Easi3RInputError, first_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "Frames",
     "load_frames",
+    "original_intrinsics",
     "preprocess_image",
+    "preprocess_transform",
     "processed_size",
+    "resize_crop_plan",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -44,7 +53,7 @@ MIN_SIDE = 16  # one ViT patch: anything smaller has no token at all
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-FrameSource = Union[str, os.PathLike, np.ndarray, Image.Image, "Frames", Sequence]
+FrameSource = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, "Frames", Sequence[object]]
 
 
 @dataclass
@@ -58,7 +67,8 @@ class Frames:
             the original video) for video frames, ``"array_0"`` for arrays, ``"image_0"`` for in-memory
             PIL images without a file name.
         original_sizes: ``(W, H)`` in pixels of every frame before resizing (after EXIF transposition).
-        uint8: ``(T, H, W, 3)`` uint8, the processed (resized and cropped) RGB frames exactly.
+        rgb: ``(T, H, W, 3)`` uint8, the processed (resized and cropped) RGB frames exactly: the pixels
+            ``images`` was made from.
         fps: frame rate of the kept video frames (``video_fps / interval``); None for images and arrays,
             and for videos that report no frame rate.
     """
@@ -67,24 +77,16 @@ class Frames:
     true_shape: torch.Tensor
     names: list[str]
     original_sizes: list[tuple[int, int]]
-    uint8: np.ndarray
+    rgb: NDArray[np.uint8]
     fps: float | None = None
 
     def __post_init__(self) -> None:
-        t = self.images.shape[0]
-        if (
-            self.images.ndim != 4
-            or self.images.shape[1] != 3
-            or self.uint8.shape != (t, *self.images.shape[2:], 3)
-            or tuple(self.true_shape.shape) != (t, 2)
-            or len(self.names) != t
-            or len(self.original_sizes) != t
-        ):
-            raise Easi3RInputError(
-                f"inconsistent Frames: images {tuple(self.images.shape)}, uint8 {self.uint8.shape}, "
-                f"true_shape {tuple(self.true_shape.shape)}, {len(self.names)} names, "
-                f"{len(self.original_sizes)} original sizes"
-            )
+        dims = check_shape(self.images, "T 3 H W", "Frames.images")
+        check_shape(self.rgb, "T H W 3", "Frames.rgb", dims=dims)
+        check_shape(self.true_shape, "T 2", "Frames.true_shape", dims=dims)
+        for name, values in (("names", self.names), ("original_sizes", self.original_sizes)):
+            if len(values) != dims["T"]:
+                raise Easi3RInputError(f"Frames.{name} must have {dims['T']} entries, got {len(values)}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -94,13 +96,11 @@ class Frames:
         """Processed ``(H, W)`` in pixels, shared by all frames."""
         return int(self.images.shape[2]), int(self.images.shape[3])
 
-    @property
-    def rgb(self) -> np.ndarray:
-        """``(T, H, W, 3)`` uint8 processed RGB frames (the exact pixels the network input was made from)."""
-        return self.uint8
+
+Box = tuple[float, float, float, float]
 
 
-def _resize_plan(width: int, height: int, long_edge: int) -> tuple[tuple[int, int], int]:
+def _resize_plan(width: int, height: int, long_edge: int) -> tuple[tuple[int, int], Image.Resampling]:
     s = max(width, height)
     # The official rule: LANCZOS only when shrinking; BICUBIC for enlarging and for the identity size.
     resample = Image.Resampling.LANCZOS if s > long_edge else Image.Resampling.BICUBIC
@@ -108,33 +108,152 @@ def _resize_plan(width: int, height: int, long_edge: int) -> tuple[tuple[int, in
     return new, resample
 
 
-def resize_crop_plan(
-    width: int, height: int, size: int
-) -> tuple[tuple[int, int], int, tuple[float, float, float, float]]:
-    """Resize target ``(W, H)``, PIL filter and crop box ``(left, top, right, bottom)`` of the official
-    ``crop_img`` (crop=True) for a ``width x height`` frame. The one home of this geometry: the evaluation's mask
-    resizing and :meth:`Reconstruction.intrinsics_at` use it too."""
-    if size == 224:
-        (w, h), resample = _resize_plan(width, height, round(size * max(width / height, height / width)))
+def resize_crop_plan(width: int, height: int, image_size: int) -> tuple[tuple[int, int], Image.Resampling, Box]:
+    """Resize target, PIL filter and crop box of the official loader for a ``width x height`` frame.
+
+    The geometry of official ``dust3r/utils/image.py`` ``load_images`` (``_resize_pil_image`` then the
+    centre crop, MonST3R ``crop_img`` with ``crop=True``, ``square_ok=False``). The one home of this geometry:
+    :func:`preprocess_image`, :func:`preprocess_transform` and the evaluation's mask resizing use it.
+
+    Args:
+        width, height: the frame's size in pixels.
+        image_size: the loader's long side in pixels (224 selects the short-side-224 square crop).
+
+    Returns:
+        ``((Wr, Hr), resample, (left, top, right, bottom))``: the resized size in pixels, the PIL filter and
+        the crop box in resized pixels (float for the 4:3 crop of square frames; PIL rounds it).
+
+    Example:
+        >>> resize_crop_plan(854, 480, 512)[0], resize_crop_plan(854, 480, 512)[2]
+        ((512, 288), (0, 0, 512, 288))
+    """
+    if image_size == 224:
+        long_edge = round(image_size * max(width / height, height / width))
+        (w, h), resample = _resize_plan(width, height, long_edge)
         cx, cy = w // 2, h // 2
         half = min(cx, cy)
         return (w, h), resample, (cx - half, cy - half, cx + half, cy + half)
-    (w, h), resample = _resize_plan(width, height, size)
+    (w, h), resample = _resize_plan(width, height, image_size)
     cx, cy = w // 2, h // 2
-    halfw, halfh = ((2 * cx) // 16) * 8, ((2 * cy) // 16) * 8
+    halfw = ((2 * cx) // 16) * 8
+    halfh: float = ((2 * cy) // 16) * 8
     if w == h:
         # square_ok=False in every official caller: squares become 4:3 (float, PIL rounds the box).
         halfh = 3 * halfw / 4
     return (w, h), resample, (cx - halfw, cy - halfh, cx + halfw, cy + halfh)
 
 
-def processed_size(width: int, height: int, size: int = 512) -> tuple[int, int]:
+def processed_size(width: int, height: int, image_size: int = 512) -> tuple[int, int]:
     """``(H, W)`` in pixels that an image of ``width x height`` pixels has after preprocessing.
 
-    Example: ``processed_size(854, 480) == (288, 512)``; ``processed_size(1000, 1000) == (384, 512)``.
+    Example:
+        >>> processed_size(854, 480), processed_size(1000, 1000)
+        ((288, 512), (384, 512))
     """
-    _, _, (x0, y0, x1, y1) = resize_crop_plan(width, height, size)
+    _, _, (x0, y0, x1, y1) = resize_crop_plan(width, height, image_size)
     return int(round(y1)) - int(round(y0)), int(round(x1)) - int(round(x0))
+
+
+def preprocess_transform(
+    original_size: tuple[int, int], image_size: int = 512, *, crop: bool = True, square_ok: bool = False
+) -> tuple[NDArray[np.float64], tuple[int, int]]:
+    """The pixel mapping of the official frame preprocessing (:func:`resize_crop_plan`) as a 3x3 affine matrix.
+
+    The frame of size ``(W0, H0)`` is resized to ``(Wr, Hr) = (round(W0·L/S), round(H0·L/S))`` with
+    ``S = max(W0, H0)`` and long side ``L = image_size`` (for ``image_size == 224``:
+    ``L = round(224·max(W0/H0, H0/W0))``, i.e. short side 224), then centre-cropped: ``cx = Wr//2``,
+    ``halfw = ((2cx)//16)·8`` (same for y; a square frame keeps ``halfh = 3·halfw/4`` unless
+    ``square_ok``; for 224 a square crop of half-size ``min(cx, cy)``), crop origin
+    ``(ox, oy) = (cx - halfw, cy - halfh)``. With ``crop=False`` the resized frame is instead resized again
+    to the crop size (MonST3R ``--no_crop``).
+
+    Pixel-centre convention (OpenCV; integer coordinates are pixel centres): an image resize by
+    ``s = Wr/W0`` maps ``x0 -> (x0 + 0.5)·s - 0.5`` (what PIL's resampling does), the crop subtracts
+    ``ox``. Hence ``A = [[sx, 0, sx/2 - 1/2 - ox], [0, sy, sy/2 - 1/2 - oy], [0, 0, 1]]``.
+
+    Args:
+        original_size: ``(W0, H0)`` of the user's frame in pixels.
+        image_size: preprocessing long side in pixels (512, 224, or another multiple of 16).
+        crop: centre crop (official default) or resize to the crop size.
+        square_ok: keep square frames square (the pipeline always uses False).
+
+    Returns:
+        ``(A, (W, H))``: ``A`` is the float64 ``(3, 3)`` matrix mapping homogeneous original pixel
+        coordinates to processed ones, ``(W, H)`` the processed size in pixels.
+
+    Raises:
+        Easi3RInputError: a non-positive size, or a frame too small to keep one 16x16 patch.
+
+    Example:
+        >>> A, (W, H) = preprocess_transform((1920, 1080), 512)
+        >>> (W, H), float(A[0, 0])
+        ((512, 288), 0.26666666666666666)
+    """
+    W0, H0 = (int(v) for v in original_size)
+    if W0 <= 0 or H0 <= 0 or image_size <= 0:
+        raise Easi3RInputError(f"original_size must be positive (W, H), got {original_size}")
+    (Wr, Hr), _, box = resize_crop_plan(W0, H0, image_size)
+    if square_ok and Wr == Hr and image_size != 224:
+        box = (box[0], box[0], box[2], box[2])  # square crop: with cx == cy the horizontal extent applies to y
+    ox, oy = int(round(box[0])), int(round(box[1]))
+    W, H = int(round(box[2])) - ox, int(round(box[3])) - oy
+    if W <= 0 or H <= 0:
+        raise Easi3RInputError(f"a frame of size {W0}x{H0} leaves no 16x16 patch at image_size={image_size}")
+    if crop:
+        sx, sy = Wr / W0, Hr / H0
+    else:
+        sx, sy = W / W0, H / H0
+        ox = oy = 0
+    A = np.array([[sx, 0.0, 0.5 * sx - 0.5 - ox], [0.0, sy, 0.5 * sy - 0.5 - oy], [0.0, 0.0, 1.0]], dtype=np.float64)
+    return A, (W, H)
+
+
+def original_intrinsics(
+    intrinsics: NDArray[np.float64],
+    original_sizes: Sequence[tuple[int, int]],
+    image_size: int,
+    size: tuple[int, int],
+    *,
+    crop: bool = True,
+) -> NDArray[np.float64]:
+    """Intrinsics in the pixel grid of the user's original frames: the inverse of the preprocessing.
+
+    With ``A`` the affine map from original to processed pixel coordinates (:func:`preprocess_transform`),
+    ``K0 = A⁻¹ · K``. Both ``K`` and ``K0`` use the OpenCV pixel-centre convention (integer coordinates are
+    pixel centres), so a world point projected with ``K0`` lands on the original-image pixel whose
+    preprocessed position ``K`` predicts.
+
+    Args:
+        intrinsics: ``(T, 3, 3)`` float64 pinhole matrices in processed pixels.
+        original_sizes: ``T`` pairs ``(W0, H0)`` in pixels, one per frame.
+        image_size: the preprocessing long side in pixels.
+        size: the processed ``(H, W)`` in pixels; every original size must preprocess to it.
+        crop: the preprocessing cropped (default) or resized (MonST3R ``--no_crop``).
+
+    Returns:
+        ``(T, 3, 3)`` float64 intrinsics in original pixels.
+
+    Raises:
+        Easi3RInputError: wrong shapes, or a size that does not preprocess to ``size``.
+    """
+    dims = check_shape(intrinsics, "T 3 3", "intrinsics")
+    if len(original_sizes) != dims["T"]:
+        raise Easi3RInputError(f"original_sizes must have {dims['T']} entries, got {len(original_sizes)}")
+    H, W = size
+    out = np.empty_like(intrinsics)
+    cache: dict[tuple[int, int], NDArray[np.float64]] = {}
+    for t, s in enumerate(original_sizes):
+        key = (int(s[0]), int(s[1]))
+        if key not in cache:
+            A, (Wp, Hp) = preprocess_transform(key, image_size, crop=crop)
+            if (Wp, Hp) != (W, H):
+                raise Easi3RInputError(
+                    f"original_size {key} preprocesses to {Wp}x{Hp} at image_size={image_size}, "
+                    f"but this reconstruction is {W}x{H}"
+                )
+            cache[key] = np.asarray(np.linalg.inv(A), dtype=np.float64)
+        out[t] = cache[key] @ intrinsics[t]
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -145,12 +264,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def preprocess_image(img: Image.Image, size: int = 512, *, name: str = "image") -> np.ndarray:
+def preprocess_image(img: Image.Image, image_size: int = 512, *, name: str = "image") -> NDArray[np.uint8]:
     """Resize and centre-crop one RGB-convertible PIL image like the official loader.
 
     Args:
         img: any PIL image (16-bit grey is scaled to 8 bit, any other mode goes through ``convert("RGB")``).
-        size: long side in pixels (512 default); 224 selects the official short-side-224 square crop.
+        image_size: long side in pixels (512 default); 224 selects the official short-side-224 square crop.
         name: used in error messages.
 
     Returns:
@@ -162,20 +281,15 @@ def preprocess_image(img: Image.Image, size: int = 512, *, name: str = "image") 
     width, height = img.size
     if width < MIN_SIDE or height < MIN_SIDE:
         raise Easi3RInputError(f"image {name!r} is {width}x{height} px; at least {MIN_SIDE} px per side is needed")
-    new_size, resample, box = resize_crop_plan(width, height, size)
-    ph, pw = processed_size(width, height, size)
+    new_size, resample, box = resize_crop_plan(width, height, image_size)
+    ph, pw = processed_size(width, height, image_size)
     if ph < MIN_SIDE or pw < MIN_SIDE:
         raise Easi3RInputError(
-            f"image {name!r} ({width}x{height} px) would be {pw}x{ph} px after resizing to {size}; "
+            f"image {name!r} ({width}x{height} px) would be {pw}x{ph} px after resizing to {image_size}; "
             f"at least {MIN_SIDE} px per side is needed"
         )
     img = _to_rgb(img).resize(new_size, resample).crop(box)
     return np.asarray(img, dtype=np.uint8)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -184,12 +298,12 @@ def _open_image(path: Path) -> Image.Image:
             im.load()
             return ImageOps.exif_transpose(im)
     except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as e:
-        raise Easi3RInputError(f"cannot read image {str(path)!r}: {_reason(e)}") from None
+        raise Easi3RInputError(f"cannot read image {str(path)!r}: {first_line(e)}") from None
 
 
-def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIDE:
-        raise Easi3RInputError(f"size must be an integer >= {MIN_SIDE} (long side in pixels), got {size!r}")
+def _check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < MIN_SIDE:
+        raise Easi3RInputError(f"image_size must be an integer >= {MIN_SIDE} (long side in pixels), got {image_size!r}")
 
 
 def _check_count(name: str, value: float | None, integer: bool) -> None:
@@ -208,8 +322,8 @@ def _suffix(path: Path) -> str:
 
 
 def _read_video(
-    path: Path, size: int, fps: float | None, max_frames: int | None
-) -> tuple[list[np.ndarray], list[str], list[tuple[int, int]], float | None]:
+    path: Path, image_size: int, fps: float | None, max_frames: int | None
+) -> tuple[list[NDArray[np.uint8]], list[str], list[tuple[int, int]], float | None]:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -219,7 +333,9 @@ def _read_video(
         if fps is not None and not has_fps:
             raise Easi3RInputError(f"video {str(path)!r} reports no frame rate; cannot subsample it to fps={fps}")
         interval = max(1, int(round(video_fps / fps))) if fps is not None else 1
-        frames, names, sizes = [], [], []
+        frames: list[NDArray[np.uint8]] = []
+        names: list[str] = []
+        sizes: list[tuple[int, int]] = []
         index = 0
         # Sequential grab + decode-only-what-is-kept: the same frames as the official seek-then-read per
         # index, without a costly (and for some codecs inexact) seek per frame.
@@ -232,7 +348,7 @@ def _read_video(
                     break
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
                 name = f"frame_{index:05d}"
-                frames.append(preprocess_image(Image.fromarray(rgb), size, name=f"{path.name}:{name}"))
+                frames.append(preprocess_image(Image.fromarray(rgb), image_size, name=f"{path.name}:{name}"))
                 names.append(name)
                 sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
             index += 1
@@ -259,13 +375,11 @@ def _item_to_image(item: object, i: int) -> tuple[Image.Image, str]:
             # A lazily opened image decodes here: a corrupt file must fail as bad input, naming it.
             return ImageOps.exif_transpose(item), name
         except (OSError, ValueError, EOFError, SyntaxError) as e:
-            raise Easi3RInputError(f"cannot read image {name!r}: {_reason(e)}") from None
+            raise Easi3RInputError(f"cannot read image {name!r}: {first_line(e)}") from None
     if isinstance(item, np.ndarray):
         name = f"array_{i}"
-        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
-            raise Easi3RInputError(
-                f"{name}: expected an (H, W, 3) uint8 RGB array, got shape {item.shape} dtype {item.dtype}"
-            )
+        check_shape(item, "H W 3", name)
+        check_dtype(item, (np.uint8,), name)
         return Image.fromarray(np.ascontiguousarray(item)), name
     raise Easi3RInputError(
         f"frame {i}: expected a path, a PIL image or an (H, W, 3) uint8 array, got {type(item).__name__}"
@@ -281,7 +395,9 @@ def _list_folder(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
-def _assemble(arrays: list[np.ndarray], names: list[str], sizes: list[tuple[int, int]], fps: float | None) -> Frames:
+def _assemble(
+    arrays: list[NDArray[np.uint8]], names: list[str], sizes: list[tuple[int, int]], fps: float | None
+) -> Frames:
     first = arrays[0].shape[:2]
     for a, n in zip(arrays, names):
         if a.shape[:2] != first:
@@ -294,12 +410,12 @@ def _assemble(arrays: list[np.ndarray], names: list[str], sizes: list[tuple[int,
     x = torch.from_numpy(u8).permute(0, 3, 1, 2).to(torch.float32).div(255)
     images = x.sub(0.5).div(0.5).contiguous()
     true_shape = torch.tensor([list(first)] * len(arrays), dtype=torch.int64)
-    return Frames(images=images, true_shape=true_shape, names=names, original_sizes=sizes, uint8=u8, fps=fps)
+    return Frames(images=images, true_shape=true_shape, names=names, original_sizes=sizes, rgb=u8, fps=fps)
 
 
 def load_frames(
     source: FrameSource,
-    size: int = 512,
+    image_size: int = 512,
     *,
     fps: float | None = None,
     max_frames: int | None = None,
@@ -315,7 +431,7 @@ def load_frames(
               order);
             * a ``(T, H, W, 3)`` or ``(H, W, 3)`` uint8 RGB numpy array;
             * a :class:`Frames`, returned unchanged.
-        size: target long side in pixels (official: 512); 224 selects the official 224 square crop.
+        image_size: target long side in pixels (official: 512); 224 selects the official 224 square crop.
         fps: videos only: keep every ``max(1, round(video_fps / fps))``-th frame; None keeps every frame.
             Ignored for image sources (as in the official loader).
         max_frames: keep at most this many frames (the first ones kept); None keeps all.
@@ -331,7 +447,7 @@ def load_frames(
     """
     if isinstance(source, Frames):
         return source
-    _check_size(size)
+    _check_image_size(image_size)
     _check_count("fps", fps, integer=False)
     _check_count("max_frames", max_frames, integer=True)
     limit = None if max_frames is None else int(max_frames)
@@ -341,9 +457,9 @@ def load_frames(
         if not path.exists():
             raise Easi3RInputError(f"frame source {str(path)!r} does not exist")
         if path.is_dir():
-            items: Sequence = _list_folder(path)
+            items: Sequence[object] = _list_folder(path)
         elif _suffix(path) in VIDEO_EXTENSIONS:
-            arrays, names, sizes, video_fps = _read_video(path, int(size), fps, limit)
+            arrays, names, sizes, video_fps = _read_video(path, int(image_size), fps, limit)
             return _assemble(arrays, names, sizes, video_fps)
         elif _suffix(path) in IMAGE_EXTENSIONS:
             items = [path]
@@ -353,11 +469,8 @@ def load_frames(
                 f"({', '.join(VIDEO_EXTENSIONS)})"
             )
     elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (3, 4) or source.shape[-1] != 3:
-            raise Easi3RInputError(
-                f"frame array: expected (T, H, W, 3) or (H, W, 3) uint8 RGB, got shape {source.shape} "
-                f"dtype {source.dtype}"
-            )
+        check_shape(source, "T H W 3" if source.ndim == 4 else "H W 3", "frame array")
+        check_dtype(source, (np.uint8,), "frame array")
         items = list(source) if source.ndim == 4 else [source]
     elif isinstance(source, Image.Image):
         items = [source]
@@ -376,6 +489,6 @@ def load_frames(
     for i, item in enumerate(items):
         img, name = _item_to_image(item, i)
         sizes.append((int(img.size[0]), int(img.size[1])))
-        arrays.append(preprocess_image(img, int(size), name=name))
+        arrays.append(preprocess_image(img, int(image_size), name=name))
         names.append(name)
     return _assemble(arrays, names, sizes, None)

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import roma
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import Easi3RInputError
 from .export.atomic import atomic_path
-from .export.images import ATTENTION_PANELS, mask_overlay, upsample_nearest
+from .export.images import ATTENTION_KEYS, ATTENTION_PANELS, attention_panel_maps, mask_overlay, upsample_nearest
+from .export.tum import canonical_unitquat
 
 if TYPE_CHECKING:
     from .result import Reconstruction
@@ -50,10 +49,11 @@ def attention_grid(
 ) -> Figure:
     """A figure of the attention maps: one row per frame, one column per panel.
 
-    Columns (titles on the first row): ``1 - src_mean``, ``src_std``, ``1 - ref_mean``, ``ref_std``,
-    ``dynamic_map`` (nearest-upsampled to the frame, colormap ``cmap`` on [0, 1]) and the frame with its
-    dynamic mask tinted red. The means are drawn inverted, as in the official visualisation, so that
-    high (red) means "dynamic" in every map.
+    Columns (titles on the first row, :data:`~easi3r.export.images.ATTENTION_PANELS`): ``1 - src_mean``,
+    ``src_std``, ``1 - ref_mean``, ``ref_std``, ``dynamic_map`` (nearest-upsampled to the frame, colormap
+    ``cmap`` on [0, 1]) and the frame with its dynamic mask tinted red: the panels of the saved attention
+    strips. The means are drawn inverted, as in the official visualisation, so that high (red) means
+    "dynamic" in every map.
 
     Args:
         rec: the reconstruction.
@@ -72,13 +72,7 @@ def attention_grid(
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(idx), ncols, squeeze=False)
     for r, t in enumerate(idx):
-        maps = (
-            1.0 - rec.attention["src_mean"][t],
-            rec.attention["src_std"][t],
-            1.0 - rec.attention["ref_mean"][t],
-            rec.attention["ref_std"][t],
-            rec.dynamic_maps[t],
-        )
+        maps = attention_panel_maps({k: rec.attention[k][t] for k in ATTENTION_KEYS}, rec.dynamic_maps[t])
         for c, m in enumerate(maps):
             axes[r, c].imshow(upsample_nearest(m, (H, W)), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
         axes[r, -1].imshow(mask_overlay(rec.images[t], rec.masks[t]))
@@ -106,6 +100,7 @@ def mask_overlay_video(
         The written path.
 
     Raises:
+        Easi3RInputError: a non-positive ``fps``.
         OSError: OpenCV cannot open a video writer for the file.
     """
     rate = float(fps or rec.fps or DEFAULT_FPS)
@@ -114,7 +109,7 @@ def mask_overlay_video(
     H, W = rec.size
     path = Path(path)
     with atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), rate, (W, H))
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), rate, (W, H))
         if not writer.isOpened():
             raise OSError(f"OpenCV could not open an mp4v video writer for {path}")
         try:
@@ -178,7 +173,7 @@ def view(
             scale=0.05,
             image=rec.images[t],
             # viser frustums use OpenCV camera axes too, so the pose goes in unchanged.
-            wxyz=_rotmat_to_wxyz(c2w[:3, :3]),
+            wxyz=canonical_unitquat(c2w[:3, :3])[[3, 0, 1, 2]],
             position=c2w[:3, 3],
         )
     slider = server.gui.add_slider("frame", min=0, max=max(rec.num_frames - 1, 0), step=1, initial_value=0)
@@ -198,8 +193,3 @@ def view(
         except KeyboardInterrupt:
             pass
     return server
-
-
-def _rotmat_to_wxyz(R: np.ndarray) -> np.ndarray:
-    x, y, z, w = roma.rotmat_to_unitquat(torch.as_tensor(R, dtype=torch.float64)).tolist()
-    return np.array([w, x, y, z])

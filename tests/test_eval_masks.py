@@ -47,7 +47,7 @@ def _two_object_labels(i: int) -> np.ndarray:
 
 
 def _spec_example(tmp_path):
-    """evaluation.md: seq 'a' 10 frames predicted perfectly (our layout), seq 'b' 2 frames predicted empty
+    """Worked protocol example: seq 'a' 10 frames predicted perfectly (our layout), seq 'b' 2 frames predicted empty
     (official layout); GT has two object labels, merged into one foreground."""
     gt_root, pred_root = tmp_path / "DAVIS", tmp_path / "pred"
     for i in range(10):
@@ -68,7 +68,7 @@ def test_iou_hand_computed():
     assert iou(np.zeros((2, 3)), np.zeros((2, 3))) == 1.0  # empty union
     assert iou(np.zeros((2, 3)), gt) == 0.0
     assert iou(gt, gt) == 1.0
-    with pytest.raises(Easi3RInputError, match="same shape"):
+    with pytest.raises(Easi3RInputError, match="gt must have shape"):
         iou(np.zeros((2, 3)), np.zeros((3, 2)))
 
 
@@ -157,20 +157,24 @@ def test_resolution_protocol(tmp_path):
     expected = np.zeros((288, 512), np.uint8)
     expected[:, :256] = 2  # nearest neighbour keeps labels, no blending at the edge
     np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(loader_resize_crop(labels > 0, (288, 512)), expected > 0)
+    np.testing.assert_array_equal(loader_resize_crop(labels > 0, size=(288, 512)), expected > 0)
 
     wide = np.zeros((480, 1138), np.uint8)
     wide[100:380, 300:800] = 1
     out = loader_resize_crop(wide, 512)
     assert out.shape == (208, 512)  # 512 x 216, centre-cropped to a multiple of 16
-    np.testing.assert_array_equal(loader_resize_crop(wide, (208, 512)), out)
+    np.testing.assert_array_equal(loader_resize_crop(wide, size=(208, 512)), out)
     assert loader_resize_crop(np.zeros((480, 480), np.uint8), 512).shape == (384, 512)
     assert loader_resize_crop(np.zeros((480, 854), np.uint8), 224).shape == (224, 224)
+    # image_size is the int long side, size the (H, W) target: exactly one, and never mixed up.
+    for kwargs in ({"image_size": (288, 512)}, {}, {"image_size": 512, "size": (288, 512)}, {"size": 512}):
+        with pytest.raises(Easi3RInputError):
+            loader_resize_crop(labels, **kwargs)
 
     # The file-level path resizes GT to the prediction's resolution on its own.
     _palette_png(tmp_path / "gt/Annotations/480p/s/00000.png", labels)
     _grey_png(tmp_path / "pred/s/masks/00000.png", expected > 0)
-    assert read_davis_gt(tmp_path / "gt", "s", size=512).shape == (1, 288, 512)
+    assert read_davis_gt(tmp_path / "gt", "s", image_size=512).shape == (1, 288, 512)
     assert evaluate_masks(tmp_path / "pred", tmp_path / "gt").jm == 1.0
 
 

@@ -40,7 +40,7 @@ def test_hand_computed_asymmetric_clouds():
         distance(pred, gt)
     with pytest.raises(Easi3RInputError, match="no point"):
         accuracy_completeness(np.zeros((0, 3)), gt)
-    with pytest.raises(Easi3RInputError, match="non-finite"):
+    with pytest.raises(Easi3RInputError, match="must be finite"):
         accuracy_completeness(np.array([[np.nan, 0.0, 0.0]]), gt)
     with pytest.raises(Easi3RInputError, match="reduction"):
         accuracy_completeness(pred, gt, reduction="max")

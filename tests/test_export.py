@@ -11,9 +11,9 @@ import pytest
 import roma
 import torch
 import trimesh
+from helpers.reconstruction import make_reconstruction
 from matplotlib import colormaps
 from scipy.spatial import cKDTree
-from test_result import make_reconstruction  # tests/ is on sys.path under pytest
 
 from easi3r.export import atomic as atomic_mod
 from easi3r.export.atomic import atomic_path, atomic_save_npz, atomic_write_text, is_temp_name
@@ -323,9 +323,10 @@ def test_atomic_helpers(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "b.bin") as tmp:
         tmp.unlink()
     assert not (tmp_path / "b.bin").exists()
-    p = atomic_save_npz(tmp_path / "c.npz", compressed=True, x=np.arange(3))
+    p = atomic_save_npz(tmp_path / "c.npz", {"y": np.ones(2)}, compressed=True, x=np.arange(3))
     with np.load(p) as d:
         np.testing.assert_array_equal(d["x"], np.arange(3))
-    assert atomic_mod.TEMP_MARKER in ".c.npz.xyz.tmp.npz" and not is_temp_name("c.npz")
+        np.testing.assert_array_equal(d["y"], np.ones(2))
+    assert is_temp_name(f".c.npz.xyz{atomic_mod.TEMP_MARKER}.npz") and not is_temp_name("c.npz")
     write_ply(tmp_path / "d.ply", np.zeros((2, 3)), np.zeros((2, 3), np.uint8))
     assert len(trimesh.load(tmp_path / "d.ply").vertices) == 2

@@ -146,7 +146,7 @@ def test_downscale_lanczos_and_square_crop() -> None:
 def test_size_224_short_side_and_square_crop() -> None:
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    f = load_frames(arr, size=224)
+    f = load_frames(arr, image_size=224)
     # Long edge round(224 * 4/3) = 299 -> 299x224 (LANCZOS: shrinking); centred square cx=149: cols 37..260
     resized = np.asarray(Image.fromarray(arr).resize((299, 224), Image.Resampling.LANCZOS))
     np.testing.assert_array_equal(f.rgb[0], resized[:, 37:261])
@@ -374,7 +374,7 @@ def test_bad_options_and_types(tmp_path: Path) -> None:
     with pytest.raises(Easi3RInputError):
         load_frames(FRAME_FILES, fps=-1)
     with pytest.raises(Easi3RInputError):
-        load_frames(FRAME_FILES, size=8)
+        load_frames(FRAME_FILES, image_size=8)
     with pytest.raises(Easi3RInputError):
         load_frames(12345)
     other = tmp_path / "anim.gif"
@@ -382,3 +382,14 @@ def test_bad_options_and_types(tmp_path: Path) -> None:
     with pytest.raises(Easi3RInputError) as e:
         load_frames(other)
     _one_line_naming(e, "anim.gif")
+
+
+def test_frames_fields_are_validated(ref_frames: Frames) -> None:
+    with pytest.raises(Easi3RInputError, match="Frames.rgb"):
+        Frames(
+            ref_frames.images, ref_frames.true_shape, ref_frames.names, ref_frames.original_sizes, ref_frames.rgb[1:]
+        )
+    with pytest.raises(Easi3RInputError, match="Frames.names"):
+        Frames(
+            ref_frames.images, ref_frames.true_shape, ref_frames.names[:2], ref_frames.original_sizes, ref_frames.rgb
+        )

@@ -4,54 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import roma
 import torch
+from helpers.reconstruction import make_reconstruction
 from PIL import Image
 
 from easi3r.errors import Easi3RInputError
-from easi3r.result import ATTENTION_KEYS, Reconstruction, preprocess_transform
-
-
-def make_reconstruction(T: int = 4, H: int = 32, W: int = 48, h: int = 2, w: int = 3, seed: int = 0, **kw):
-    """A consistent synthetic result: world points are the unprojected depths of random rigid cameras."""
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    c2w = np.tile(np.eye(4), (T, 1, 1))
-    c2w[:, :3, :3] = roma.random_rotmat(T, dtype=torch.float64).numpy()
-    c2w[:, :3, 3] = rng.normal(size=(T, 3))
-    K = np.tile(np.array([[40.0, 0, W / 2 - 0.3], [0, 41.0, H / 2 + 0.2], [0, 0, 1]]), (T, 1, 1))
-    depths = rng.uniform(1.0, 3.0, size=(T, H, W)).astype(np.float32)
-    ys, xs = np.mgrid[0:H, 0:W]
-    pix = np.stack([xs, ys, np.ones_like(xs)], -1).astype(np.float64)
-    cam = (pix @ np.linalg.inv(K[0]).T)[None] * depths[..., None]
-    pts = np.einsum("tij,thwj->thwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
-    masks = np.zeros((T, H, W), bool)
-    for t in range(T):  # a moving block, so that masks and overlays have structure
-        masks[t, 8:20, 4 + 6 * t : 20 + 6 * t] = True
-    images = np.zeros((T, H, W, 3), np.uint8)
-    images[..., 0] = (xs * 255 // (W - 1))[None]
-    images[..., 1] = (ys * 255 // (H - 1))[None]
-    images[..., 2] = (np.arange(T) * 60)[:, None, None]
-    attention = {k: rng.uniform(0, 1, size=(T, h, w)).astype(np.float32) for k in ATTENTION_KEYS}
-    args = dict(
-        images=images,
-        masks=masks,
-        dynamic_maps=rng.uniform(0, 1, size=(T, h, w)).astype(np.float32),
-        attention=attention,
-        cam2world=c2w,
-        intrinsics=K,
-        depths=depths,
-        points=pts.astype(np.float32),
-        confidence=rng.uniform(1.0, 1.5, size=(T, H, W)).astype(np.float32),
-        frame_names=[f"frame_{t:02d}.png" for t in range(T)],
-        fps=10.0,
-        cluster_labels=rng.integers(0, 5, size=(T, h, w)),
-        threshold=0.42,
-        backbone="synthetic",
-    )
-    args.update(kw)
-    return Reconstruction(**args)
-
+from easi3r.frames import preprocess_transform
 
 # --------------------------------------------------------------------------- validation
 
@@ -90,7 +48,7 @@ def test_attention_keys_and_grid_are_checked():
     att = dict(rec.attention, src_std=np.zeros((4, 2, 4), np.float32))
     with pytest.raises(Easi3RInputError, match="src_std"):
         make_reconstruction(attention=att)
-    with pytest.raises(Easi3RInputError, match="non-finite|finite"):
+    with pytest.raises(Easi3RInputError, match="cam2world must be finite"):
         c2w = rec.cam2world.copy()
         c2w[1, 0, 0] = np.nan
         make_reconstruction(cam2world=c2w)
@@ -142,8 +100,8 @@ def test_properties_world2cam_focals_point_cloud():
 
 # --------------------------------------------------------------------------- preprocessing geometry
 
-# (W0, H0, image_size) -> expected resized (Wr, Hr), crop origin (ox, oy), processed (W, H), from the spec's
-# formulas and examples (backbone.md §8), computed by hand.
+# (W0, H0, image_size) -> expected resized (Wr, Hr), crop origin (ox, oy), processed (W, H), computed by hand
+# from the official loader's formulas (dust3r/utils/image.py load_images, MonST3R crop_img).
 CASES = {
     "landscape": ((1920, 1080, 512), (512, 288), (0, 0), (512, 288)),
     "portrait": ((480, 640, 512), (384, 512), (0, 0), (384, 512)),
@@ -180,7 +138,7 @@ def test_intrinsics_at_maps_through_resize_and_crop(case):
 
 
 def _preprocess_pil(img: Image.Image, size: int) -> Image.Image:
-    """The official resize + centre crop, written from the spec (backbone.md §8), on a float image."""
+    """The official resize + centre crop (dust3r/utils/image.py load_images), re-written here, on a float image."""
     W0, H0 = img.size
     long_side = round(size * max(W0 / H0, H0 / W0)) if size == 224 else size
     S = max(W0, H0)

@@ -9,8 +9,8 @@ import types
 import cv2
 import numpy as np
 import pytest
+from helpers.reconstruction import make_reconstruction
 from matplotlib.figure import Figure
-from test_result import make_reconstruction  # tests/ is on sys.path under pytest
 
 from easi3r import viz
 from easi3r.errors import Easi3RInputError

@@ -11,10 +11,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..errors import Easi3RInputError
+from ..export.atomic import atomic_write_text
 from ..export.tum import read_tum
 from .masks import SUBSETS, evaluate_masks
 from .poses import pose_metrics
@@ -38,7 +38,7 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
     try:
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
         raise Easi3RInputError(f"cannot write JSON file {path}: {exc}") from None
 
@@ -128,7 +128,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     Returns:
         The ``eval`` parser. Parsed sub-commands carry ``func(args) -> int``.
     """
-    parser = subparsers.add_parser("eval", help="evaluation metrics (DAVIS masks, camera trajectories)")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "eval", help="evaluation metrics (DAVIS masks, camera trajectories)"
+    )
     sub = parser.add_subparsers(dest="eval_command", metavar="{masks,poses}", required=True)
     _add_commands(sub)
     return parser
@@ -144,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="eval_command", metavar="{masks,poses}", required=True)
     _add_commands(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Dynamic-mask evaluation on DAVIS: per-frame IoU, JM (mean) and JR (recall) (evaluation.md (a)).
+"""Dynamic-mask evaluation on DAVIS: per-frame IoU, JM (mean) and JR (recall).
 
-The Easi3R protocol, reproduced here:
+The Easi3R protocol (the paper's Tab. 1 dynamic-object segmentation), reproduced here; the per-frame IoU is
+DAVIS ``davis2017-evaluation`` ``davis2017/metrics.py`` ``db_eval_iou`` (1 for an empty union):
 
 * ground truth is the DAVIS-2017 480p annotation (palette PNGs): every label > 0 is merged into one
   foreground ("dynamic") mask; no void region;
@@ -22,11 +23,13 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
+from .._checks import check_shape
 from ..errors import Easi3RInputError
 from ..frames import resize_crop_plan
 
@@ -86,8 +89,7 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
         Easi3RInputError: the shapes differ.
     """
     p, g = np.asarray(pred) != 0, np.asarray(gt) != 0
-    if p.shape != g.shape:
-        raise Easi3RInputError(f"pred and gt masks must have the same shape, got {p.shape} and {g.shape}")
+    check_shape(g, "H W", "gt", dims=check_shape(p, "H W", "pred"))
     union = np.count_nonzero(p | g)
     if union == 0:
         return 1.0
@@ -104,8 +106,7 @@ def frame_ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         ``(T,)`` float64 IoUs (1.0 for frames whose union is empty).
     """
     p, g = np.asarray(pred) != 0, np.asarray(gt) != 0
-    if p.shape != g.shape or p.ndim != 3:
-        raise Easi3RInputError(f"pred and gt must both be (T, H, W) of equal shape, got {p.shape}, {g.shape}")
+    check_shape(g, "T H W", "gt", dims=check_shape(p, "T H W", "pred"))
     inter = np.count_nonzero(p & g, axis=(1, 2)).astype(np.float64)
     union = np.count_nonzero(p | g, axis=(1, 2)).astype(np.float64)
     return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
@@ -136,52 +137,72 @@ def jm_jr(ious_per_sequence: Sequence[np.ndarray], mode: Mode = "pooled") -> tup
 # ------------------------------------------------------------------------------------ resolution protocol
 
 
-def _loader_geometry(width: int, height: int, size: int | tuple[int, int]) -> tuple[tuple[int, int], tuple]:
-    """Resized (W, H) and crop box (left, top, right, bottom) of the image loader for one frame size."""
-    if isinstance(size, tuple):
-        th, tw = size
-        if th <= 0 or tw <= 0:
-            raise Easi3RInputError(f"target size must be positive (H, W), got {size}")
-        # The 512 loader resizes the long side to the target's long side; the 224 loader (square output)
-        # resizes the short side instead. Use whichever leaves an image covering the target.
-        long_side = max(th, tw)
-        scale = long_side / max(width, height)
-        new = (round(width * scale), round(height * scale))
-        if new[0] < tw or new[1] < th:
-            scale = max(tw / width, th / height)
-            new = (max(tw, round(width * scale)), max(th, round(height * scale)))
-        cx, cy = new[0] // 2, new[1] // 2
-        return new, (cx - tw // 2, cy - th // 2, cx - tw // 2 + tw, cy - th // 2 + th)
-    if size <= 0:
-        raise Easi3RInputError(f"size must be a positive int or an (H, W) tuple, got {size}")
-    new, _, box = resize_crop_plan(width, height, size)
-    return new, tuple(int(round(v)) for v in box)
+Box = tuple[int, int, int, int]
 
 
-def loader_resize_crop(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def _loader_geometry(
+    width: int, height: int, image_size: int | None, size: tuple[int, int] | None
+) -> tuple[tuple[int, int], Box]:
+    """Resized ``(W, H)`` and crop box ``(left, top, right, bottom)`` in pixels for one frame size.
+
+    Exactly one of ``image_size`` (the loader's int long side) and ``size`` (an explicit ``(H, W)`` target)
+    is given.
+    """
+    if image_size is not None and size is None:
+        if isinstance(image_size, (tuple, list)):
+            raise Easi3RInputError(f"image_size is the int long side; pass an (H, W) target as size=, got {image_size}")
+        if int(image_size) <= 0:
+            raise Easi3RInputError(f"image_size must be a positive int (long side in pixels), got {image_size}")
+        new, _, box = resize_crop_plan(width, height, int(image_size))
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        return new, (x0, y0, x1, y1)
+    if size is None or image_size is not None:
+        raise Easi3RInputError(f"give exactly one of image_size and size, got image_size={image_size}, size={size}")
+    if not isinstance(size, tuple) or len(size) != 2:
+        raise Easi3RInputError(f"size must be an (H, W) pair of ints, got {size!r}")
+    th, tw = (int(v) for v in size)
+    if th <= 0 or tw <= 0:
+        raise Easi3RInputError(f"target size must be positive (H, W), got {size}")
+    # The 512 loader resizes the long side to the target's long side; the 224 loader (square output)
+    # resizes the short side instead. Use whichever leaves an image covering the target.
+    long_side = max(th, tw)
+    scale = long_side / max(width, height)
+    new = (round(width * scale), round(height * scale))
+    if new[0] < tw or new[1] < th:
+        scale = max(tw / width, th / height)
+        new = (max(tw, round(width * scale)), max(th, round(height * scale)))
+    cx, cy = new[0] // 2, new[1] // 2
+    return new, (cx - tw // 2, cy - th // 2, cx - tw // 2 + tw, cy - th // 2 + th)
+
+
+def loader_resize_crop(
+    mask: np.ndarray, image_size: int | None = None, *, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Bring a label/mask image to the model's processing resolution with nearest-neighbour resampling.
 
     Args:
-        mask: ``(H, W)`` integer or boolean label image.
-        size: an int ``S`` reproduces the image loader for ``--image_size S`` (long side ``S`` then centre
-            crop to multiples of 16; ``224``: short side 224 then a centre square); an ``(H, W)`` tuple is an
-            explicit target (typically the prediction's shape): the long side is resized to the target's long
-            side and the result centre-cropped to exactly ``(H, W)``.
+        mask: ``(H0, W0)`` integer or boolean label image.
+        image_size: reproduce the image loader for ``--image_size`` (int long side in pixels: long side
+            ``image_size`` then centre crop to multiples of 16; ``224``: short side 224 then a centre square).
+        size: instead, an explicit ``(H, W)`` target in pixels (typically the prediction's shape): the long
+            side is resized to the target's long side and the result centre-cropped to exactly ``(H, W)``.
+            Give exactly one of ``image_size`` and ``size``.
 
     Returns:
         The resized and cropped mask, same dtype (booleans stay booleans).
+
+    Raises:
+        Easi3RInputError: not a 2-D mask, labels outside 0..255, or not exactly one valid target.
     """
     arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise Easi3RInputError(f"mask must be a 2-D (H, W) array, got shape {arr.shape}")
-    height, width = arr.shape
-    new, box = _loader_geometry(width, height, size)
+    height, width = (check_shape(arr, "H W", "mask")[k] for k in ("H", "W"))
+    new, box = _loader_geometry(width, height, image_size, size)
     is_bool = arr.dtype == bool
     if not is_bool and (arr.min(initial=0) < 0 or arr.max(initial=0) > 255):
         raise Easi3RInputError("mask labels must fit in uint8 (0..255)")
     img = Image.fromarray(arr.astype(np.uint8))
     # PIL's NEAREST is what the official evaluation applies (palette images are always resampled NEAREST).
-    out = np.asarray(img.resize(new, Image.NEAREST).crop(box))
+    out = np.asarray(img.resize(new, Image.Resampling.NEAREST).crop(box))
     return out.astype(bool) if is_bool else out.astype(arr.dtype)
 
 
@@ -198,18 +219,27 @@ def _read_png_foreground(path: Path) -> np.ndarray:
     # colour channel is non-zero (alpha is ignored).
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
-    return arr != 0
+    foreground: NDArray[np.bool_] = arr != 0
+    return foreground
 
 
-def read_davis_gt(root: str | os.PathLike, sequence: str, size: int | tuple[int, int] | None = None) -> np.ndarray:
+def read_davis_gt(
+    root: str | os.PathLike[str],
+    sequence: str,
+    image_size: int | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+) -> NDArray[np.bool_]:
     """Read one DAVIS sequence's annotations as merged binary foreground masks.
 
     Args:
         root: DAVIS root holding ``Annotations/480p/<sequence>/*.png`` (``root`` may also be the
             ``Annotations/480p`` folder itself).
         sequence: sequence name, e.g. ``"blackswan"``.
-        size: ``None`` keeps the native resolution; otherwise see :func:`loader_resize_crop` (``512`` for the
-            official protocol, or the prediction's ``(H, W)``).
+        image_size: resize like the image loader for this int long side (``512``: the official protocol);
+            see :func:`loader_resize_crop`.
+        size: instead, resize to this explicit ``(H, W)`` (the prediction's shape). Neither keeps the native
+            resolution.
 
     Returns:
         ``(T, H, W)`` bool masks, frames in file-name order; every object label > 0 is foreground.
@@ -222,15 +252,15 @@ def read_davis_gt(root: str | os.PathLike, sequence: str, size: int | tuple[int,
     if not files:
         raise Easi3RInputError(f"no DAVIS annotations found for sequence {sequence!r} in {folder}")
     masks = [_read_png_foreground(f) for f in files]
-    if size is not None:
-        masks = [loader_resize_crop(m, size) for m in masks]
+    if image_size is not None or size is not None:
+        masks = [loader_resize_crop(m, image_size, size=size) for m in masks]
     shapes = {m.shape for m in masks}
     if len(shapes) != 1:
         raise Easi3RInputError(f"annotations of {sequence!r} have different sizes: {sorted(shapes)}")
     return np.stack(masks)
 
 
-def _annotation_dir(root: str | os.PathLike) -> Path:
+def _annotation_dir(root: str | os.PathLike[str]) -> Path:
     root = Path(root)
     for candidate in (root / "Annotations" / "480p", root / "DAVIS" / "Annotations" / "480p"):
         if candidate.is_dir():
@@ -248,7 +278,7 @@ def _pred_files(folder: Path) -> list[Path]:
     return [p for _, p in sorted((int(m.group(1)), p) for m, p in numbered if m)]
 
 
-def read_pred_masks(pred_root: str | os.PathLike, sequence: str) -> np.ndarray:
+def read_pred_masks(pred_root: str | os.PathLike[str], sequence: str) -> np.ndarray:
     """Read one sequence's predicted masks.
 
     Two layouts are accepted: easi3r's ``<pred_root>/<sequence>/masks/*.png`` (sorted by name) and the
@@ -275,7 +305,7 @@ def read_pred_masks(pred_root: str | os.PathLike, sequence: str) -> np.ndarray:
     return np.stack(masks)
 
 
-def subset_sequences(name: str, gt_root: str | os.PathLike | None = None) -> tuple[str, ...]:
+def subset_sequences(name: str, gt_root: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
     """Sequence names of a DAVIS evaluation subset.
 
     Args:
@@ -332,7 +362,7 @@ class MaskScores:
     n_frames: int
     mode: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no per-frame arrays)."""
         return {
             "mode": self.mode,
@@ -362,7 +392,7 @@ def _match_frames(pred: np.ndarray, n_gt: int, sequence: str) -> np.ndarray:
     return pred
 
 
-def evaluate_sequence(pred_root: str | os.PathLike, gt_root: str | os.PathLike, sequence: str) -> np.ndarray:
+def evaluate_sequence(pred_root: str | os.PathLike[str], gt_root: str | os.PathLike[str], sequence: str) -> np.ndarray:
     """Per-frame IoUs of one sequence under the Easi3R protocol.
 
     The ground truth is brought to the predictions' resolution (:func:`loader_resize_crop` with the
@@ -374,14 +404,15 @@ def evaluate_sequence(pred_root: str | os.PathLike, gt_root: str | os.PathLike, 
     pred = read_pred_masks(pred_root, sequence)
     gt = read_davis_gt(gt_root, sequence)
     if gt.shape[1:] != pred.shape[1:]:
-        gt = np.stack([loader_resize_crop(m, pred.shape[1:]) for m in gt])
+        size = (int(pred.shape[1]), int(pred.shape[2]))
+        gt = np.stack([loader_resize_crop(m, size=size) for m in gt])
     pred = _match_frames(pred, gt.shape[0], sequence)
     return frame_ious(pred, gt)
 
 
 def evaluate_masks(
-    pred_root: str | os.PathLike,
-    gt_root: str | os.PathLike,
+    pred_root: str | os.PathLike[str],
+    gt_root: str | os.PathLike[str],
     *,
     sequences: str | Iterable[str] | None = None,
     mode: Mode = "pooled",

@@ -1,4 +1,6 @@
-"""4D reconstruction metrics: accuracy, completeness and corresponding-point distance (evaluation.md (c)).
+"""4D reconstruction metrics: accuracy, completeness and corresponding-point distance.
+
+The definitions of the Easi3R paper's DyCheck point-cloud table (Sec. 4, following MonST3R's 4D evaluation):
 
 * **Accuracy**: distance from every predicted point to its nearest ground-truth point.
 * **Completeness**: distance from every ground-truth point to its nearest predicted point.
@@ -17,10 +19,12 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from .._checks import check_shape
 from ..errors import Easi3RInputError
-from .poses import apply_sim3, umeyama_sim3
+from .poses import _finite_float64, apply_sim3, umeyama_sim3
 
 __all__ = [
     "accuracy_completeness",
@@ -34,17 +38,10 @@ __all__ = [
 Reduction = Literal["mean", "median"]
 
 
-def _points(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim < 2 or arr.shape[-1] != 3:
-        raise Easi3RInputError(f"{name} must be 3-D points of shape (..., 3), got {arr.shape}")
-    arr = arr.reshape(-1, 3)
+def _points(x: Any, name: str) -> NDArray[np.float64]:
+    arr = _finite_float64(x, name, "* _ 3").reshape(-1, 3)
     if arr.shape[0] == 0:
         raise Easi3RInputError(f"{name} holds no point")
-    if not np.isfinite(arr).all():
-        raise Easi3RInputError(f"{name} contains non-finite values")
     return arr
 
 
@@ -66,7 +63,7 @@ def nearest_distances(query: Any, reference: Any) -> np.ndarray:
         ``(N,)`` float64 distances (same unit as the inputs).
     """
     q, r = _points(query, "query"), _points(reference, "reference")
-    dist, _ = cKDTree(r).query(q, k=1)
+    dist: NDArray[np.float64] = cKDTree(r).query(q, k=1)[0]
     return dist
 
 
@@ -141,19 +138,13 @@ def unproject_depth(depth: Any, intrinsics: Any, cam2world: Any, mask: Any = Non
         ``(N, 3)`` float64 world points, frame-major then row-major order (so two calls with the same mask
         give clouds in pixel-wise correspondence).
     """
-    d = _array64(depth, "depth")
-    K = _array64(intrinsics, "intrinsics")
-    c2w = _array64(cam2world, "cam2world")
-    if d.ndim == 2:
-        d = d[None]
-    if K.ndim == 2:
-        K = K[None]
-    if c2w.ndim == 2:
-        c2w = c2w[None]
-    if d.ndim != 3 or K.shape != (d.shape[0], 3, 3) or c2w.shape != (d.shape[0], 4, 4):
-        raise Easi3RInputError(
-            f"expected depth (T,H,W), intrinsics (T,3,3), cam2world (T,4,4); got {d.shape}, {K.shape}, {c2w.shape}"
-        )
+    d = _finite_float64(depth, "depth")
+    K = _finite_float64(intrinsics, "intrinsics")
+    c2w = _finite_float64(cam2world, "cam2world")
+    d, K, c2w = (a[None] if a.ndim == 2 else a for a in (d, K, c2w))
+    dims = check_shape(d, "T H W", "depth")
+    check_shape(K, "T 3 3", "intrinsics", dims=dims)
+    check_shape(c2w, "T 4 4", "cam2world", dims=dims)
     t, h, w = d.shape
     if mask is None:
         m = np.ones(d.shape, dtype=bool)
@@ -161,8 +152,7 @@ def unproject_depth(depth: Any, intrinsics: Any, cam2world: Any, mask: Any = Non
         m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool)
         if m.ndim == 2:
             m = m[None]
-        if m.shape != d.shape:
-            raise Easi3RInputError(f"mask must have the depth's shape {d.shape}, got {m.shape}")
+        check_shape(m, "T H W", "mask", dims=dims)
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
     out = []
     for i in range(t):
@@ -172,15 +162,6 @@ def unproject_depth(depth: Any, intrinsics: Any, cam2world: Any, mask: Any = Non
         cam = np.stack([x, y, z], axis=1)
         out.append(cam @ c2w[i, :3, :3].T + c2w[i, :3, 3])
     return np.concatenate(out) if out else np.zeros((0, 3))
-
-
-def _array64(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise Easi3RInputError(f"{name} contains non-finite values")
-    return arr
 
 
 def dycheck_point_metrics(
@@ -209,11 +190,11 @@ def dycheck_point_metrics(
     Returns:
         The dictionary of :func:`point_metrics` plus ``"scale"`` (the Sim(3) scale) and ``"n_points"``.
     """
-    pd, gd = _array64(pred_depths, "pred_depths"), _array64(gt_depths, "gt_depths")
-    if pd.ndim != 3 or gd.ndim != 3 or pd.shape[0] != gd.shape[0]:
-        raise Easi3RInputError(f"expected depths (T,H,W) with equal T, got {pd.shape} and {gd.shape}")
-    pred_c2w, gt_c2w = _array64(pred_cam2world, "pred_cam2world"), _array64(gt_cam2world, "gt_cam2world")
-    gt_K = _array64(gt_intrinsics, "gt_intrinsics").copy()
+    pd, gd = _finite_float64(pred_depths, "pred_depths"), _finite_float64(gt_depths, "gt_depths")
+    check_shape(gd, "T _ _", "gt_depths", dims=check_shape(pd, "T H W", "pred_depths"))
+    pred_c2w = _finite_float64(pred_cam2world, "pred_cam2world")
+    gt_c2w = _finite_float64(gt_cam2world, "gt_cam2world")
+    gt_K = _finite_float64(gt_intrinsics, "gt_intrinsics").copy()
     h, w = pd.shape[1:]
     gh, gw = gd.shape[1:]
     if (gh, gw) != (h, w):

@@ -1,6 +1,8 @@
-"""Camera-trajectory metrics: Sim(3) alignment, ATE, RTE and RRE (evaluation.md (b)).
+"""Camera-trajectory metrics: Sim(3) alignment, ATE, RTE and RRE.
 
-Semantics follow the ``evo`` package as used by the Easi3R evaluation (re-implemented, not imported):
+Semantics follow the ``evo`` package as the official evaluation uses it (MonST3R / Easi3R
+``dust3r/utils/vo_eval.py``, ``eval_metrics``: evo's APE and RPE with Sim(3) Umeyama alignment and scale
+correction), re-implemented, not imported:
 
 * the estimate is aligned to the ground truth with a Sim(3) Umeyama fit of the camera centres (rotation,
   translation and one global scale), and every metric is computed on the aligned, rescaled estimate;
@@ -21,8 +23,11 @@ from typing import Any
 import numpy as np
 import roma
 import torch
+from numpy.typing import NDArray
 
+from .._checks import as_float64, check_finite, check_shape
 from ..errors import Easi3RInputError
+from ..geometry import rigid_inverse
 
 __all__ = ["PoseMetrics", "align_trajectory", "apply_sim3", "pose_metrics", "umeyama_sim3"]
 
@@ -32,20 +37,17 @@ __all__ = ["PoseMetrics", "align_trajectory", "apply_sim3", "pose_metrics", "ume
 _RANK_RTOL = 1e-10
 
 
-def _to_numpy64(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float64).numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise Easi3RInputError(f"{name} contains non-finite values")
+def _finite_float64(x: Any, name: str, spec: str | None = None) -> NDArray[np.float64]:
+    """``x`` (array, tensor on any device, sequence) as a finite float64 array, of shape ``spec`` if given.
+
+    Raises:
+        Easi3RInputError: non-numeric or non-finite values, or a shape other than ``spec``.
+    """
+    arr = as_float64(x, name)
+    if spec is not None:
+        check_shape(arr, spec, name)
+    check_finite(arr, name)
     return arr
-
-
-def _check_poses(x: Any, name: str) -> np.ndarray:
-    poses = _to_numpy64(x, name)
-    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
-        raise Easi3RInputError(f"{name} must be camera-to-world poses of shape (T, 4, 4), got {poses.shape}")
-    return poses
 
 
 def umeyama_sim3(src: Any, dst: Any) -> tuple[float, np.ndarray, np.ndarray]:
@@ -64,10 +66,10 @@ def umeyama_sim3(src: Any, dst: Any) -> tuple[float, np.ndarray, np.ndarray]:
         Easi3RInputError: shapes differ or are not ``(N, 3)``, ``N < 3``, non-finite values, all points of a
             set coincide, or the cross-covariance has rank < 2 (collinear points: rotation undetermined).
     """
-    src_np, dst_np = _to_numpy64(src, "src"), _to_numpy64(dst, "dst")
-    if src_np.ndim != 2 or src_np.shape[1] != 3 or src_np.shape != dst_np.shape:
-        raise Easi3RInputError(f"src and dst must both be (N, 3), got {src_np.shape} and {dst_np.shape}")
-    n = src_np.shape[0]
+    src_np = _finite_float64(src, "src", "N 3")
+    dst_np = as_float64(dst, "dst")
+    n = check_shape(dst_np, "N 3", "dst", dims={"N": src_np.shape[0]})["N"]
+    check_finite(dst_np, "dst")
     if n < 3:
         raise Easi3RInputError(f"Sim(3) alignment needs at least 3 points, got {n}")
     src_c = src_np - src_np.mean(axis=0)
@@ -96,16 +98,16 @@ def apply_sim3(cam2world: Any, s: float, R: Any, t: Any) -> np.ndarray:
         ``(T, 4, 4)`` float64 poses: orientations ``R @ R_i``, centres ``s R c_i + t`` (the rotation block
         stays orthonormal; the scale only acts on positions).
     """
-    poses = _check_poses(cam2world, "cam2world")
-    R_np, t_np = _to_numpy64(R, "R").reshape(3, 3), _to_numpy64(t, "t").reshape(3)
-    out = poses.copy()
+    poses = _finite_float64(cam2world, "cam2world", "T 4 4")
+    R_np, t_np = _finite_float64(R, "R", "3 3"), _finite_float64(t, "t", "3")
+    out: NDArray[np.float64] = poses.copy()
     out[:, :3, :3] = R_np @ poses[:, :3, :3]
     out[:, :3, 3] = s * poses[:, :3, 3] @ R_np.T + t_np
     return out
 
 
 def _paired(pred_c2w: Any, gt_c2w: Any) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = _check_poses(pred_c2w, "pred_c2w"), _check_poses(gt_c2w, "gt_c2w")
+    pred, gt = _finite_float64(pred_c2w, "pred_c2w", "T 4 4"), _finite_float64(gt_c2w, "gt_c2w", "T 4 4")
     if pred.shape[0] != gt.shape[0]:
         raise Easi3RInputError(
             f"pred_c2w and gt_c2w must hold the same number of poses, got {pred.shape[0]} and {gt.shape[0]}"
@@ -150,16 +152,8 @@ class PoseMetrics:
     scale: float
 
     def as_dict(self) -> dict[str, float]:
+        """The four numbers by field name (JSON-ready)."""
         return asdict(self)
-
-
-def _inv_se3(poses: np.ndarray) -> np.ndarray:
-    inv = np.zeros_like(poses)
-    rot_t = poses[:, :3, :3].transpose(0, 2, 1)
-    inv[:, :3, :3] = rot_t
-    inv[:, :3, 3] = -(rot_t @ poses[:, :3, 3:])[..., 0]
-    inv[:, 3, 3] = 1.0
-    return inv
 
 
 def pose_metrics(pred_c2w: Any, gt_c2w: Any) -> PoseMetrics:
@@ -181,9 +175,9 @@ def pose_metrics(pred_c2w: Any, gt_c2w: Any) -> PoseMetrics:
     aligned = apply_sim3(pred, s, R, t)
     ate = float(np.sqrt(np.mean(np.sum((aligned[:, :3, 3] - gt[:, :3, 3]) ** 2, axis=1))))
 
-    rel_gt = _inv_se3(gt[:-1]) @ gt[1:]
-    rel_est = _inv_se3(aligned[:-1]) @ aligned[1:]
-    err = _inv_se3(rel_gt) @ rel_est
+    rel_gt = rigid_inverse(gt[:-1]) @ gt[1:]
+    rel_est = rigid_inverse(aligned[:-1]) @ aligned[1:]
+    err = rigid_inverse(rel_gt) @ rel_est
     rte = float(np.sqrt(np.mean(np.sum(err[:, :3, 3] ** 2, axis=1))))
     # The rotation-vector norm is accurate for small angles, where arccos((trace - 1) / 2) loses digits.
     angles = roma.rotmat_to_rotvec(torch.from_numpy(np.ascontiguousarray(err[:, :3, :3]))).norm(dim=-1)

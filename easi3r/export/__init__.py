@@ -4,6 +4,7 @@ from .atomic import atomic_path, atomic_save_npz, atomic_write_bytes, atomic_wri
 from .colmap import write_colmap
 from .images import attention_strip, colorize, mask_overlay, write_mask_pngs, write_png
 from .mesh import scene_with_cameras, write_glb, write_ply
+from .save import read_reconstruction, save_reconstruction
 from .tum import read_tum, write_tum
 
 __all__ = [
@@ -14,7 +15,9 @@ __all__ = [
     "attention_strip",
     "colorize",
     "mask_overlay",
+    "read_reconstruction",
     "read_tum",
+    "save_reconstruction",
     "scene_with_cameras",
     "write_colmap",
     "write_glb",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -95,16 +95,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = 
 
 
 def atomic_save_npz(
-    path: str | os.PathLike[str], *, compressed: bool = False, fsync: bool = True, **arrays: np.ndarray
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, np.ndarray] | None = None,
+    /,
+    *,
+    compressed: bool = False,
+    fsync: bool = True,
+    **named: np.ndarray,
 ) -> Path:
-    """``np.savez`` / ``np.savez_compressed`` of ``arrays`` to ``path``, atomically.
+    """``np.savez`` / ``np.savez_compressed`` of ``arrays`` and ``named`` (name -> array) to ``path``, atomically.
 
     The file is written through an open handle, so numpy does not append a second ``.npz`` suffix to the
     temporary name. Arrays must not need pickling (object arrays are refused by ``np.load`` defaults).
     """
+    entries = {**(arrays or {}), **named}
+    savez: Callable[..., None] = np.savez_compressed if compressed else np.savez
     with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as fh:
-        if compressed:
-            np.savez_compressed(fh, **arrays)
-        else:
-            np.savez(fh, **arrays)
+        savez(fh, **entries)
     return Path(path)

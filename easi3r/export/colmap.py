@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import roma
-import torch
 
+from .._checks import as_float64, check_shape
 from ..errors import Easi3RInputError
+from ..geometry import rigid_inverse
 from .atomic import atomic_write_text
+from .tum import canonical_unitquat
 
 __all__ = [
     "COLMAP_PIXEL_OFFSET",
@@ -41,16 +42,6 @@ __all__ = [
 COLMAP_PIXEL_OFFSET = 0.5
 
 
-def _world2cam(cam2world: np.ndarray) -> np.ndarray:
-    # Rigid inverse (R^T, -R^T t): exact where np.linalg.inv would add round-off.
-    R = cam2world[:, :3, :3]
-    t = cam2world[:, :3, 3]
-    out = np.tile(np.eye(4), (len(cam2world), 1, 1))
-    out[:, :3, :3] = R.transpose(0, 2, 1)
-    out[:, :3, 3] = -np.einsum("tji,tj->ti", R, t)
-    return out
-
-
 def colmap_cameras_text(intrinsics: np.ndarray, size: tuple[int, int]) -> str:
     """``cameras.txt`` content: one PINHOLE camera per frame.
 
@@ -58,7 +49,8 @@ def colmap_cameras_text(intrinsics: np.ndarray, size: tuple[int, int]) -> str:
         intrinsics: ``(T, 3, 3)`` pinhole matrices in pixels, OpenCV convention (pixel centres at integers).
         size: ``(H, W)`` image size in pixels.
     """
-    K = np.asarray(intrinsics, dtype=np.float64)
+    K = as_float64(intrinsics, "intrinsics")
+    check_shape(K, "T 3 3", "intrinsics")
     H, W = size
     out = io.StringIO()
     out.write("# Camera list with one line of data per camera:\n")
@@ -78,16 +70,16 @@ def colmap_images_text(cam2world: np.ndarray, names: Sequence[str]) -> str:
         cam2world: ``(T, 4, 4)`` camera-to-world, OpenCV camera axes.
         names: ``T`` image file names relative to the image folder (no spaces: COLMAP splits on them).
     """
-    c2w = np.asarray(cam2world, dtype=np.float64)
+    c2w = as_float64(cam2world, "cam2world")
+    check_shape(c2w, "T 4 4", "cam2world")
     if len(names) != len(c2w):
         raise Easi3RInputError(f"need one image name per pose: {len(names)} names for {len(c2w)} poses")
     bad = [n for n in names if not n or any(ch.isspace() for ch in n)]
     if bad:
         raise Easi3RInputError(f"COLMAP image names must be non-empty without whitespace, got {bad[0]!r}")
-    w2c = _world2cam(c2w)
-    quat = roma.rotmat_to_unitquat(torch.from_numpy(w2c[:, :3, :3])).numpy()  # xyzw
-    # q and -q are one rotation; qw >= 0 makes files reproducible.
-    quat[quat[:, 3] < 0] *= -1.0
+    # The rigid inverse (R^T, -R^T t) is exact where np.linalg.inv would add round-off.
+    w2c = rigid_inverse(c2w)
+    quat = canonical_unitquat(w2c[:, :3, :3])  # xyzw, qw >= 0
     out = io.StringIO()
     out.write("# Image list with two lines of data per image:\n")
     out.write("#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n")
@@ -107,7 +99,7 @@ def colmap_points_text(points: np.ndarray, colors: np.ndarray) -> str:
         points: ``(N, 3)`` world coordinates.
         colors: ``(N, 3)`` uint8 RGB.
     """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    pts = as_float64(points, "points").reshape(-1, 3)
     cols = np.asarray(colors).reshape(-1, 3)
     if len(pts) != len(cols):
         raise Easi3RInputError(f"points ({len(pts)}) and colors ({len(cols)}) must have the same length")
@@ -151,10 +143,9 @@ def write_colmap(
         ``{"cameras": path, "images": path, "points3D": path}``.
     """
     folder = Path(folder)
-    c2w = np.asarray(cam2world, dtype=np.float64)
-    K = np.asarray(intrinsics, dtype=np.float64)
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or K.shape != (len(c2w), 3, 3):
-        raise Easi3RInputError(f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}")
+    c2w = as_float64(cam2world, "cam2world")
+    K = as_float64(intrinsics, "intrinsics")
+    check_shape(K, "T 3 3", "intrinsics", dims=check_shape(c2w, "T 4 4", "cam2world"))
     if points is None:
         pts = np.zeros((0, 3))
         cols = np.zeros((0, 3), dtype=np.uint8)

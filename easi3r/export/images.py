@@ -3,6 +3,9 @@
 Images are RGB ``uint8`` arrays ``(H, W, 3)`` (or grey ``(H, W)``); each PNG is encoded in memory with
 OpenCV (a standard RGB PNG on disk) and its bytes are written atomically, one file at a time.
 
+The four attention maps of a result are :data:`ATTENTION_KEYS`, the paper's Eq. 5-8 names: ``src_*`` pool the
+``cross_attn_1`` maps of the pairs in which the frame is view 2 (the source), ``ref_*`` the ``cross_attn_2`` maps
+of the pairs in which it is view 1 (the reference); see :class:`easi3r.attention.AttentionStats`.
 Attention strip layout (:data:`ATTENTION_PANELS`, left to right, each panel ``H x W``):
 
 1. ``1 - src_mean``  2. ``src_std``  3. ``1 - ref_mean``  4. ``ref_std``  5. ``dynamic_map``
@@ -17,18 +20,22 @@ in every panel red (high) points towards "dynamic".
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 from matplotlib import colormaps
+from numpy.typing import NDArray
 
-from ..errors import Easi3RInputError
+from .._checks import check_dtype, check_shape
+from ..errors import Easi3RRuntimeError
 from .atomic import atomic_write_bytes
 
 __all__ = [
+    "ATTENTION_KEYS",
     "ATTENTION_PANELS",
+    "attention_panel_maps",
     "attention_strip",
     "colorize",
     "encode_png",
@@ -37,16 +44,17 @@ __all__ = [
     "remove_stale_frames",
     "upsample_nearest",
     "write_frame_pngs",
-    "write_image_pngs",
     "write_mask_pngs",
     "write_png",
 ]
 
+#: The four fused cross-attention maps of a result (``Reconstruction.attention`` keys), in panel order.
+ATTENTION_KEYS: tuple[str, ...] = ("src_mean", "src_std", "ref_mean", "ref_std")
+# Means are drawn as ``1 - mean`` (official visualisation) so that red (high) means "dynamic" in every panel.
+_INVERTED_KEYS = frozenset({"src_mean", "ref_mean"})
+#: Panel titles of the attention strip and of :func:`easi3r.viz.attention_grid`, left to right.
 ATTENTION_PANELS: tuple[str, ...] = (
-    "1 - src_mean",
-    "src_std",
-    "1 - ref_mean",
-    "ref_std",
+    *(f"1 - {k}" if k in _INVERTED_KEYS else k for k in ATTENTION_KEYS),
     "dynamic_map",
     "mask overlay",
 )
@@ -89,7 +97,8 @@ def upsample_nearest(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = grid.shape[:2]
     rows = (np.arange(H) * h) // H
     cols = (np.arange(W) * w) // W
-    return grid[rows[:, None], cols[None, :]]
+    out: np.ndarray = grid[rows[:, None], cols[None, :]]
+    return out
 
 
 def mask_overlay(
@@ -108,12 +117,30 @@ def mask_overlay(
     """
     image = np.asarray(image)
     mask = np.asarray(mask, dtype=bool)
-    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-        raise Easi3RInputError(f"mask_overlay expects image (H,W,3) and mask (H,W), got {image.shape} and {mask.shape}")
-    out = image.copy()
+    dims = check_shape(image, "H W 3", "image")
+    check_shape(mask, "H W", "mask", dims=dims)
+    out: NDArray[np.uint8] = image.copy()
     tint = np.asarray(color, dtype=np.float32)
     out[mask] = np.round((1.0 - alpha) * image[mask].astype(np.float32) + alpha * tint).astype(np.uint8)
     return out
+
+
+def attention_panel_maps(attention: Mapping[str, np.ndarray], dynamic_map: np.ndarray) -> list[NDArray[np.floating]]:
+    """The five token-grid maps of one frame's attention panels, in :data:`ATTENTION_PANELS` order.
+
+    Args:
+        attention: :data:`ATTENTION_KEYS`, each ``(h, w)`` float in [0, 1].
+        dynamic_map: ``(h, w)`` float in [0, 1].
+
+    Returns:
+        ``1 - src_mean, src_std, 1 - ref_mean, ref_std, dynamic_map``, each ``(h, w)`` (inverted means in
+        float32).
+    """
+    maps = [
+        1.0 - np.asarray(attention[k], dtype=np.float32) if k in _INVERTED_KEYS else np.asarray(attention[k])
+        for k in ATTENTION_KEYS
+    ]
+    return [*maps, np.asarray(dynamic_map)]
 
 
 def attention_strip(
@@ -122,11 +149,11 @@ def attention_strip(
     image: np.ndarray,
     mask: np.ndarray,
     cmap: str = "Spectral_r",
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """One frame's attention panels side by side (order in :data:`ATTENTION_PANELS`).
 
     Args:
-        attention: ``src_mean, src_std, ref_mean, ref_std``, each ``(h, w)`` float in [0, 1].
+        attention: :data:`ATTENTION_KEYS`, each ``(h, w)`` float in [0, 1].
         dynamic_map: ``(h, w)`` float in [0, 1].
         image: ``(H, W, 3)`` uint8 RGB frame.
         mask: ``(H, W)`` bool dynamic mask.
@@ -135,15 +162,8 @@ def attention_strip(
     Returns:
         ``(H, 6*W, 3)`` uint8 RGB.
     """
-    size = image.shape[:2]
-    maps = (
-        1.0 - np.asarray(attention["src_mean"], dtype=np.float32),
-        attention["src_std"],
-        1.0 - np.asarray(attention["ref_mean"], dtype=np.float32),
-        attention["ref_std"],
-        dynamic_map,
-    )
-    panels = [colorize(upsample_nearest(m, size), cmap) for m in maps]
+    size = (int(image.shape[0]), int(image.shape[1]))
+    panels = [colorize(upsample_nearest(m, size), cmap) for m in attention_panel_maps(attention, dynamic_map)]
     panels.append(mask_overlay(image, mask))
     return np.concatenate(panels, axis=1)
 
@@ -151,12 +171,12 @@ def attention_strip(
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8 image."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-        raise Easi3RInputError(f"PNG export expects uint8 (H,W) or (H,W,3), got {image.dtype} {image.shape}")
+    check_shape(image, "H W" if image.ndim == 2 else "H W 3", "PNG image")
+    check_dtype(image, (np.uint8,), "PNG image")
     bgr = image if image.ndim == 2 else np.ascontiguousarray(image[..., ::-1])
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
-        raise OSError(f"OpenCV could not encode a PNG of shape {image.shape}")
+        raise Easi3RRuntimeError(f"OpenCV could not encode a PNG of shape {image.shape}")
     return buf.tobytes()
 
 
@@ -185,11 +205,6 @@ def remove_stale_frames(folder: str | os.PathLike[str], keep: Iterable[str], suf
     return removed
 
 
-def _check_frames(name: str, arr: np.ndarray, ndim: int) -> None:
-    if arr.ndim != ndim:
-        raise Easi3RInputError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
-
-
 def write_frame_pngs(
     folder: str | os.PathLike[str],
     images: Iterable[np.ndarray],
@@ -215,14 +230,5 @@ def write_mask_pngs(
 ) -> list[Path]:
     """Write ``(T, H, W)`` bool masks as 8-bit grey PNGs (0 / 255) ``folder/00000.png`` ...; atomic."""
     masks = np.asarray(masks)
-    _check_frames("masks", masks, 3)
+    check_shape(masks, "T H W", "masks")
     return write_frame_pngs(folder, (np.where(m, 255, 0).astype(np.uint8) for m in masks), on_file)
-
-
-def write_image_pngs(
-    folder: str | os.PathLike[str],
-    images: Sequence[np.ndarray] | np.ndarray,
-    on_file: Callable[[Path], None] | None = None,
-) -> list[Path]:
-    """Write ``(T, H, W, 3)`` uint8 RGB frames as ``folder/00000.png`` ...; atomic per file."""
-    return write_frame_pngs(folder, images, on_file)

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import trimesh
 from matplotlib import colormaps
+from numpy.typing import NDArray
+from trimesh.visual import ColorVisuals
 
-from ..errors import Easi3RInputError
+from .._checks import as_float64, check_dtype, check_shape
 from .atomic import atomic_write_bytes
 
 __all__ = [
@@ -46,15 +49,16 @@ _EMPTY_PLY = (
 )
 
 
-def _check_points(points: np.ndarray, colors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_points(
+    points: np.ndarray, colors: np.ndarray | None
+) -> tuple[NDArray[np.float32], NDArray[np.uint8] | None]:
     pts = np.asarray(points, dtype=np.float32)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise Easi3RInputError(f"points must have shape (N, 3), got {pts.shape}")
+    dims = check_shape(pts, "N 3", "points")
     if colors is None:
         return pts, None
     cols = np.asarray(colors)
-    if cols.shape != pts.shape or cols.dtype != np.uint8:
-        raise Easi3RInputError(f"colors must be uint8 of shape {pts.shape}, got {cols.dtype} {cols.shape}")
+    check_shape(cols, "N 3", "colors", dims=dims)
+    check_dtype(cols, (np.uint8,), "colors")
     return pts, cols
 
 
@@ -62,9 +66,9 @@ def point_cloud(points: np.ndarray, colors: np.ndarray | None = None) -> trimesh
     """A trimesh point cloud from ``(N, 3)`` float points and optional ``(N, 3)`` uint8 RGB colours."""
     pts, cols = _check_points(points, colors)
     if cols is None:
-        return trimesh.PointCloud(pts)
+        return trimesh.PointCloud(pts)  # type: ignore[no-untyped-call]
     rgba = np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], axis=1)
-    return trimesh.PointCloud(pts, colors=rgba)
+    return trimesh.PointCloud(pts, colors=rgba)  # type: ignore[no-untyped-call]
 
 
 def default_frustum_depth(points: np.ndarray, cam2world: np.ndarray, fraction: float = 0.05) -> float:
@@ -115,7 +119,9 @@ def camera_frustum(
     c2w = np.asarray(cam2world, dtype=np.float64)
     verts = local @ c2w[:3, :3].T + c2w[:3, 3]
     mesh = trimesh.Trimesh(vertices=verts, faces=_FRUSTUM_FACES_2SIDED, process=False)
-    mesh.visual.face_colors = np.broadcast_to(np.asarray(color, dtype=np.uint8), (len(mesh.faces), 4))
+    cast(ColorVisuals, mesh.visual).face_colors = np.broadcast_to(
+        np.asarray(color, dtype=np.uint8), (len(mesh.faces), 4)
+    )
     return mesh
 
 
@@ -137,10 +143,9 @@ def scene_with_cameras(
         frustum_depth: frustum size in scene units (default :func:`default_frustum_depth`).
         cmap: matplotlib colormap over time for the frusta.
     """
-    c2w = np.asarray(cam2world, dtype=np.float64)
-    K = np.asarray(intrinsics, dtype=np.float64)
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or K.shape != (len(c2w), 3, 3):
-        raise Easi3RInputError(f"expected cam2world (T,4,4) and intrinsics (T,3,3), got {c2w.shape} and {K.shape}")
+    c2w = as_float64(cam2world, "cam2world")
+    K = as_float64(intrinsics, "intrinsics")
+    check_shape(K, "T 3 3", "intrinsics", dims=check_shape(c2w, "T 4 4", "cam2world"))
     scene = trimesh.Scene()
     if len(points):
         scene.add_geometry(point_cloud(points, colors), geom_name="points", node_name="points")
@@ -156,7 +161,9 @@ def scene_with_cameras(
 def write_ply(path: str | os.PathLike[str], points: np.ndarray, colors: np.ndarray | None = None) -> Path:
     """Write a coloured point cloud as binary little-endian PLY, atomically (see module docstring)."""
     pts, cols = _check_points(points, colors)
-    data = _EMPTY_PLY if len(pts) == 0 else point_cloud(pts, cols).export(file_type="ply", encoding="binary")
+    if len(pts) == 0:
+        return atomic_write_bytes(path, _EMPTY_PLY)
+    data = point_cloud(pts, cols).export(file_type="ply", encoding="binary")  # type: ignore[no-untyped-call]
     return atomic_write_bytes(path, data)
 
 
@@ -173,4 +180,4 @@ def write_glb(
 ) -> Path:
     """Write :func:`scene_with_cameras` as a binary glTF (``.glb``), atomically."""
     scene = scene_with_cameras(points, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cmap=cmap)
-    return atomic_write_bytes(path, scene.export(file_type="glb"))
+    return atomic_write_bytes(path, scene.export(file_type="glb"))  # type: ignore[no-untyped-call]

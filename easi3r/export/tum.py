@@ -12,12 +12,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
+import roma
+import torch
+from numpy.typing import NDArray
 
+from .._checks import as_float64, check_finite, check_shape
 from ..errors import Easi3RInputError
 from .atomic import atomic_write_text
 
-__all__ = ["read_tum", "write_tum"]
+__all__ = ["canonical_unitquat", "read_tum", "write_tum"]
 
 _HEADER = "# timestamp tx ty tz qx qy qz qw (camera-to-world, TUM RGB-D format, quaternion scalar last)\n"
 # Orthonormality tolerance for the rotation blocks: loose enough for float32 poses, tight enough to catch
@@ -25,12 +28,21 @@ _HEADER = "# timestamp tx ty tz qx qy qz qw (camera-to-world, TUM RGB-D format, 
 _ORTHO_TOL = 1e-4
 
 
-def _as_poses(cam2world: np.ndarray, name: str) -> np.ndarray:
-    poses = np.asarray(cam2world, dtype=np.float64)
-    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
-        raise Easi3RInputError(f"{name} must have shape (T, 4, 4), got {tuple(poses.shape)}")
-    if not np.isfinite(poses).all():
-        raise Easi3RInputError(f"{name} contains non-finite values")
+def canonical_unitquat(rotations: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Unit quaternions ``(..., 4)`` float64, XYZW (scalar last, roma's convention), of ``(..., 3, 3)`` rotations.
+
+    ``q`` and ``-q`` are one rotation; the sign is fixed to ``qw >= 0`` so that files are comparable line by line.
+    """
+    rotmat = torch.from_numpy(np.ascontiguousarray(rotations, dtype=np.float64))
+    quat: NDArray[np.float64] = roma.rotmat_to_unitquat(rotmat).numpy()
+    quat[quat[..., 3] < 0] *= -1.0
+    return quat
+
+
+def _as_poses(cam2world: np.ndarray, name: str) -> NDArray[np.float64]:
+    poses = as_float64(cam2world, name)
+    check_shape(poses, "T 4 4", name)
+    check_finite(poses, name)
     rot = poses[:, :3, :3]
     err = np.abs(rot.transpose(0, 2, 1) @ rot - np.eye(3)).max(axis=(1, 2))
     bad = np.flatnonzero((err > _ORTHO_TOL) | (np.linalg.det(rot) <= 0))
@@ -39,7 +51,7 @@ def _as_poses(cam2world: np.ndarray, name: str) -> np.ndarray:
     return poses
 
 
-def write_tum(path: str | os.PathLike, cam2world: np.ndarray, timestamps: np.ndarray | None = None) -> Path:
+def write_tum(path: str | os.PathLike[str], cam2world: np.ndarray, timestamps: np.ndarray | None = None) -> Path:
     """Write camera-to-world poses as a TUM trajectory, atomically.
 
     Args:
@@ -62,19 +74,19 @@ def write_tum(path: str | os.PathLike, cam2world: np.ndarray, timestamps: np.nda
     if timestamps is None:
         stamps = np.arange(n, dtype=np.float64)
     else:
-        stamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        stamps = as_float64(timestamps, "timestamps").reshape(-1)
         if stamps.shape[0] != n:
             raise Easi3RInputError(f"timestamps must have {n} entries (one per pose), got {stamps.shape[0]}")
-    quat = Rotation.from_matrix(poses[:, :3, :3]).as_quat()  # (T, 4) xyzw
-    # q and -q are the same rotation; a fixed sign makes files comparable line by line.
-    quat[quat[:, 3] < 0] *= -1.0
+    quat = canonical_unitquat(poses[:, :3, :3])  # (T, 4) xyzw
     rows = np.concatenate([stamps[:, None], poses[:, :3, 3], quat], axis=1)
 
     text = _HEADER + "".join(" ".join(f"{v:.9f}" for v in row) + "\n" for row in rows)
     return atomic_write_text(path, text)
 
 
-def read_tum(path: str | os.PathLike, *, scalar_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_tum(
+    path: str | os.PathLike[str], *, scalar_first: bool = False
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Read a TUM trajectory file.
 
     Args:
@@ -122,6 +134,6 @@ def read_tum(path: str | os.PathLike, *, scalar_first: bool = False) -> tuple[np
         quat = quat[:, [1, 2, 3, 0]]
     quat = quat / np.linalg.norm(quat, axis=1, keepdims=True)
     cam2world = np.tile(np.eye(4), (len(data), 1, 1))
-    cam2world[:, :3, :3] = Rotation.from_quat(quat).as_matrix()
+    cam2world[:, :3, :3] = roma.unitquat_to_rotmat(torch.from_numpy(np.ascontiguousarray(quat))).numpy()
     cam2world[:, :3, 3] = data[:, 1:4]
     return data[:, 0].copy(), cam2world
