@@ -20,6 +20,7 @@ Naming: ``image_size`` is the int long side in pixels (the loader's target); ``s
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+logger = logging.getLogger("easi3r")
+
+
+def is_video_path(source: object) -> bool:
+    """Whether ``source`` names a video file (by its extension), i.e. what :func:`load_frames` reads with OpenCV."""
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in VIDEO_EXTENSIONS
+
+
 MIN_SIDE = 16  # one ViT patch: anything smaller has no token at all
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -333,6 +343,11 @@ def _read_video(
         if fps is not None and not has_fps:
             raise Easi3RInputError(f"video {str(path)!r} reports no frame rate; cannot subsample it to fps={fps}")
         interval = max(1, int(round(video_fps / fps))) if fps is not None else 1
+        if fps is not None and fps >= video_fps:
+            logger.warning(
+                "fps=%g is not below the frame rate of %s (%g fps): every frame is kept", fps, path.name, video_fps
+            )
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         frames: list[NDArray[np.uint8]] = []
         names: list[str] = []
         sizes: list[tuple[int, int]] = []
@@ -356,6 +371,12 @@ def _read_video(
         cap.release()
     if not frames:
         raise Easi3RInputError(f"video {str(path)!r} yields no frames")
+    available = -(-total // interval) if total > 0 else 0  # frames the sampling would keep without a cap
+    if max_frames is not None and available > len(frames):
+        logger.warning(
+            "%s: kept the first %d of %d frames (max_frames=%d); %d frames dropped. Pass max_frames=None to keep all.",
+            path.name, len(frames), available, max_frames, available - len(frames),
+        )  # fmt: skip
     return frames, names, sizes, (video_fps / interval if has_fps else None)
 
 
@@ -483,7 +504,11 @@ def load_frames(
 
     if len(items) == 0:
         raise Easi3RInputError("frame source contains no frames")
-    if limit is not None:
+    if limit is not None and len(items) > limit:
+        logger.warning(
+            "kept the first %d of %d frames (max_frames=%d); %d frames dropped", limit, len(items), limit,
+            len(items) - limit,
+        )  # fmt: skip
         items = items[:limit]
     arrays, names, sizes = [], [], []
     for i, item in enumerate(items):

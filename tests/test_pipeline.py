@@ -111,7 +111,7 @@ def test_reconstruction_fields(fixture_run):
     assert all(v.shape == (T, h, w) for v in rec.attention.values())
     # The masks are the segmentation's final (pass-2) masks.
     assert np.array_equal(rec.masks, trace.segmentation2.masks.numpy())
-    np.testing.assert_array_equal(rec.images, load_frames(trace.frames).uint8)
+    np.testing.assert_array_equal(rec.images, load_frames(FRAME_FILES).rgb)
     # Cameras: proper rotations; intrinsics: shared focal, centred principal point.
     R = torch.from_numpy(rec.cam2world[:, :3, :3])
     assert roma.is_rotation_matrix(R, epsilon=1e-4)
@@ -182,13 +182,13 @@ def small_video():
 def test_one_frame_is_a_typed_error(small_video):
     frames, net = small_video
     with pytest.raises(Easi3RInputError, match="at least 2 frames"):
-        Easi3R(backbone=net, device="cpu", image_size=64).run(frames.uint8[:1], progress=False)
+        Easi3R(backbone=net, device="cpu", image_size=64).run(frames.rgb[:1], progress=False)
 
 
 def test_two_frames_give_zero_std_warning_and_no_nan(small_video):
     frames, net = small_video
     with pytest.warns(UserWarning, match="std"):
-        rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=3).run(frames.uint8[:2], progress=False)
+        rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=3).run(frames.rgb[:2], progress=False)
     assert np.isfinite(rec.dynamic_maps).all()
     for v in rec.attention.values():
         assert np.isfinite(v).all()
