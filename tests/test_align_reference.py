@@ -32,6 +32,9 @@ RUN_TO_RUN = {"cam2world": 7.5e-6, "depth": 1.5e-5, "pw_poses": 3.5e-6}
 # loss rel 8.5e-5 (measured; with MKL_CBWR=COMPATIBLE the float32 init matches the fixture to 1.2e-6). Rotations and
 # the focal do not depend on that scale and keep the tight tolerances.
 BLAS_SPREAD = {"cam2world": 1.6e-4, "depth": 2.7e-4, "pw_poses": 2.8e-4, "pw_scale": 1.25e-4, "loss": 9e-5}
+# The same init offset, carried through the 100 iterations (measured: final cam2world 1.4e-4, depth 1.5e-4, pw_poses
+# 2.0e-4, pw_scale rel 9.9e-5, loss and last-iteration loss rel 6.8e-5).
+BLAS_SPREAD_FINAL = {"cam2world": 1.4e-4, "depth": 1.5e-4, "pw_poses": 2.0e-4, "pw_scale": 1.0e-4, "loss": 7e-5}
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +123,15 @@ def test_state_after_100_iterations(runs: dict[str, object], golden: dict[str, n
     final = runs["final"]
     for key in ("cam2world", "depth", "pw_poses"):
         err = np.abs(final[key] - golden[f"final_{key}"]).max()
-        assert err <= 10 * RUN_TO_RUN[key], (key, err, RUN_TO_RUN[key])
+        tol = 10 * RUN_TO_RUN[key] + 2 * BLAS_SPREAD_FINAL[key]
+        assert err <= tol, (key, err, tol)
     np.testing.assert_allclose(final["focals"], golden["final_focals"], rtol=1e-5)
-    np.testing.assert_allclose(final["pw_scale"], golden["final_pw_scale"], rtol=1e-4)
-    assert abs(final["loss"] / float(golden["final_loss"]) - 1) < 1e-5
-    assert abs(runs["last_iter_loss"] / float(golden["final_last_iter_loss"]) - 1) < 1e-5
+    np.testing.assert_allclose(
+        final["pw_scale"], golden["final_pw_scale"], rtol=1e-4 + 2 * BLAS_SPREAD_FINAL["pw_scale"]
+    )
+    loss_tol = 1e-5 + 2 * BLAS_SPREAD_FINAL["loss"]
+    assert abs(final["loss"] / float(golden["final_loss"]) - 1) < loss_tol
+    assert abs(runs["last_iter_loss"] / float(golden["final_last_iter_loss"]) - 1) < loss_tol
 
 
 def test_tree_posed_cameras_without_override(pass2: dict[str, torch.Tensor], golden: dict[str, np.ndarray]) -> None:
