@@ -24,6 +24,18 @@ CONFIG = AlignConfig(iterations=100, lr=0.01, lr_min=1e-3, schedule="linear", fl
 # Official run-to-run differences after 100 iterations (README section 6, run A vs D: 1 thread, PnP fixed).
 RUN_TO_RUN = {"cam2world": 7.5e-6, "depth": 1.5e-5, "pw_poses": 3.5e-6}
 
+# Spread of the official init itself across BLAS code paths. Its weighted Procrustes (`roma.rigid_points_registration`
+# in float32, official `dust3r/cloud_opt/init_im_poses.py`) sums 196608 terms in MKL SGEMM; on the same inputs the
+# tree scale of edge (1, 4) is 0.9889143 with MKL_CBWR=COMPATIBLE (what the fixture holds), 0.9888238 on the AVX-512
+# path with 2 threads, 0.9888330 with 1 thread, 0.9888220 in float64 (our init, which no longer depends on the path).
+# That 9e-5 scale error moves the init by: cam2world 1.5e-4, depth 2.6e-4, pw_poses 2.7e-4, pw_scale rel 1.2e-4,
+# loss rel 8.5e-5 (measured; with MKL_CBWR=COMPATIBLE the float32 init matches the fixture to 1.2e-6). Rotations and
+# the focal do not depend on that scale and keep the tight tolerances.
+BLAS_SPREAD = {"cam2world": 1.6e-4, "depth": 2.7e-4, "pw_poses": 2.8e-4, "pw_scale": 1.25e-4, "loss": 9e-5}
+# The same init offset, carried through the 100 iterations (measured: final cam2world 1.4e-4, depth 1.5e-4, pw_poses
+# 2.0e-4, pw_scale rel 9.9e-5, loss and last-iteration loss rel 6.8e-5).
+BLAS_SPREAD_FINAL = {"cam2world": 1.4e-4, "depth": 1.5e-4, "pw_poses": 2.0e-4, "pw_scale": 1.0e-4, "loss": 7e-5}
+
 
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
@@ -94,26 +106,32 @@ def test_mst_log_and_pnp_frame(runs: dict[str, object], golden: dict[str, np.nda
 
 def test_init_state_matches(runs: dict[str, object], golden: dict[str, np.ndarray]) -> None:
     init = runs["init"]
-    np.testing.assert_allclose(init["cam2world"], golden["init_cam2world"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(init["depth"], golden["init_depth"], atol=1e-4, rtol=0)
+    rot, gold_rot = init["cam2world"][:, :3, :3], golden["init_cam2world"][:, :3, :3]
+    np.testing.assert_allclose(rot, gold_rot, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(init["cam2world"], golden["init_cam2world"], atol=2 * BLAS_SPREAD["cam2world"], rtol=0)
+    np.testing.assert_allclose(init["depth"], golden["init_depth"], atol=2 * BLAS_SPREAD["depth"], rtol=0)
     np.testing.assert_allclose(init["focals"], golden["init_focals"], rtol=1e-5)
     np.testing.assert_allclose(init["im_focals_param"], golden["init_im_focals_param"], rtol=1e-5)
     np.testing.assert_allclose(init["intrinsics"], golden["init_intrinsics"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(init["principal_points"], golden["init_principal_points"])
-    np.testing.assert_allclose(init["pw_poses"], golden["init_pw_poses"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(init["pw_scale"], golden["init_pw_scale"], rtol=1e-5)
-    assert abs(init["loss"] / float(golden["init_loss"]) - 1) < 1e-5
+    np.testing.assert_allclose(init["pw_poses"], golden["init_pw_poses"], atol=2 * BLAS_SPREAD["pw_poses"], rtol=0)
+    np.testing.assert_allclose(init["pw_scale"], golden["init_pw_scale"], rtol=2 * BLAS_SPREAD["pw_scale"])
+    assert abs(init["loss"] / float(golden["init_loss"]) - 1) < 2 * BLAS_SPREAD["loss"]
 
 
 def test_state_after_100_iterations(runs: dict[str, object], golden: dict[str, np.ndarray]) -> None:
     final = runs["final"]
     for key in ("cam2world", "depth", "pw_poses"):
         err = np.abs(final[key] - golden[f"final_{key}"]).max()
-        assert err <= 10 * RUN_TO_RUN[key], (key, err, RUN_TO_RUN[key])
+        tol = 10 * RUN_TO_RUN[key] + 2 * BLAS_SPREAD_FINAL[key]
+        assert err <= tol, (key, err, tol)
     np.testing.assert_allclose(final["focals"], golden["final_focals"], rtol=1e-5)
-    np.testing.assert_allclose(final["pw_scale"], golden["final_pw_scale"], rtol=1e-4)
-    assert abs(final["loss"] / float(golden["final_loss"]) - 1) < 1e-5
-    assert abs(runs["last_iter_loss"] / float(golden["final_last_iter_loss"]) - 1) < 1e-5
+    np.testing.assert_allclose(
+        final["pw_scale"], golden["final_pw_scale"], rtol=1e-4 + 2 * BLAS_SPREAD_FINAL["pw_scale"]
+    )
+    loss_tol = 1e-5 + 2 * BLAS_SPREAD_FINAL["loss"]
+    assert abs(final["loss"] / float(golden["final_loss"]) - 1) < loss_tol
+    assert abs(runs["last_iter_loss"] / float(golden["final_last_iter_loss"]) - 1) < loss_tol
 
 
 def test_tree_posed_cameras_without_override(pass2: dict[str, torch.Tensor], golden: dict[str, np.ndarray]) -> None:
@@ -122,9 +140,12 @@ def test_tree_posed_cameras_without_override(pass2: dict[str, torch.Tensor], gol
     tree = [t for t in range(6) if t not in mst.pnp_frames]
     assert tree == [0, 1, 2, 3, 5]
     with torch.no_grad():
-        np.testing.assert_allclose(al.get_cam2world().numpy()[tree], golden["init_cam2world"][tree], atol=1e-5, rtol=0)
+        c2w = al.get_cam2world().numpy()[tree]
+        np.testing.assert_allclose(c2w[:, :3, :3], golden["init_cam2world"][tree, :3, :3], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(c2w, golden["init_cam2world"][tree], atol=2 * BLAS_SPREAD["cam2world"], rtol=0)
         np.testing.assert_allclose(
-            _grid(al.get_depthmaps(), golden)[tree], golden["init_depth"][tree], atol=1e-4, rtol=0
+            _grid(al.get_depthmaps(), golden)[tree], golden["init_depth"][tree], atol=2 * BLAS_SPREAD["depth"], rtol=0
         )
         np.testing.assert_allclose(al.get_focals().numpy()[:, None], golden["init_focals"], rtol=1e-5)
-        np.testing.assert_allclose(al.get_pw_poses().numpy(), golden["init_pw_poses"], atol=1e-5, rtol=0)
+        pw = al.get_pw_poses().numpy()
+        np.testing.assert_allclose(pw, golden["init_pw_poses"], atol=2 * BLAS_SPREAD["pw_poses"], rtol=0)

@@ -109,8 +109,11 @@ def procrustes(
         x, y, w = source.reshape(b, -1, 3), target.reshape(b, -1, 3), weights.reshape(b, -1)
     else:
         x, y, w = source.reshape(-1, 3), target.reshape(-1, 3), weights.reshape(-1)
-    rot, trans, scale = roma.rigid_points_registration(x, y, weights=w, compute_scaling=True)
-    return scale, rot, trans
+    # Accumulated in float64: in float32 the ~2e5-term sums land on BLAS SGEMM, whose rounding depends on the code
+    # path (ISA dispatch, thread count) by up to 1e-4 relative in the scale (measured on MKL: AVX-512 vs
+    # MKL_CBWR=COMPATIBLE, 1 vs 2 threads), which then moves every chained pose.
+    rot, trans, scale = roma.rigid_points_registration(x.double(), y.double(), weights=w.double(), compute_scaling=True)
+    return scale.to(source.dtype), rot.to(source.dtype), trans.to(source.dtype)
 
 
 def sim3_matrix(scale: Tensor | float, rotation: Tensor, translation: Tensor) -> Tensor:
