@@ -56,6 +56,7 @@ __all__ = [
     "input_names",
     "main",
     "read_marker",
+    "run_command",
     "run_many",
 ]
 
@@ -382,28 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m easi3r.batch``; returns the exit code.
+def run_command(
+    inputs: Sequence[str | Path],
+    out_root: str | Path,
+    *,
+    backbone: str | Path = "dust3r",
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> int:
+    """:func:`run_many` as a command: joins the job (:func:`~easi3r.distributed.init_distributed`), runs, leaves
+    the group, prints errors and a final line (rank 0); returns the exit code. ``easi3r run A B C --out ROOT`` and
+    ``python -m easi3r.batch`` both end here.
 
-    0: every input done or skipped; 1: some inputs failed (see ``failures.json``) or a rank failed; 2: bad
-    arguments, input or checkpoint. A fatal error prints one line naming the rank, e.g. ``error: rank 1/2: ...``.
+    Exit codes: 0 every input done or skipped; 1 some inputs failed (see ``failures.json``) or a rank failed;
+    2 bad arguments, input or checkpoint. A fatal error prints one line naming the rank, e.g.
+    ``error: rank 1/2: unexpected RuntimeError: ...``.
     """
-    args = build_parser().parse_args(argv)
     try:
-        ctx = init_distributed(args.device)
+        ctx = init_distributed(device)
     except Easi3RError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     where = f"rank {ctx.rank}/{ctx.world_size}: " if ctx.distributed else ""
     try:
-        results = run_many(
-            args.inputs,
-            args.out,
-            backbone=args.backbone,
-            overrides=dict(args.overrides),
-            ctx=ctx,
-            progress=not args.quiet,
-        )
+        results = run_many(inputs, out_root, backbone=backbone, overrides=overrides, ctx=ctx, progress=not quiet)
     except (Easi3RInputError, CheckpointError, TypeError) as err:
         print(f"error: {where}{first_line(err)}", file=sys.stderr)
         return 2
@@ -416,13 +420,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutdown(ctx)
     failed = sum(r.status == "failed" for r in results)
-    if ctx.is_main and not args.quiet:
+    if ctx.is_main and not quiet:
         done = sum(r.status == "done" for r in results)
         print(
             f"{len(results)} inputs: {done} done, {len(results) - done - failed} skipped, {failed} failed; "
-            f"summary in {Path(args.out) / SUMMARY_NAME}"
+            f"summary in {Path(out_root) / SUMMARY_NAME}"
         )
     return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m easi3r.batch``; returns the exit code (see :func:`run_command`)."""
+    args = build_parser().parse_args(argv)
+    return run_command(
+        args.inputs,
+        args.out,
+        backbone=args.backbone,
+        device=args.device,
+        overrides=dict(args.overrides),
+        quiet=args.quiet,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
