@@ -26,22 +26,26 @@ import time
 import torch
 from common import peak_rss_during, randomize_weights_
 
-from easi3r.backbones import CrossAttentionReadout, ScoreMatrixRecorder, create_backbone
+from easi3r.backbones import CrossAttentionReadout, DUSt3R, ScoreMatrixRecorder, create_backbone
 
 
 def build(device: str):
+    """The fused network, its explicit-attention twin (the same weight tensors, shared), and one encoded pair."""
     torch.manual_seed(0)
     net = create_backbone("dust3r").eval().requires_grad_(False)
     randomize_weights_(net)
     net = net.to(device)
+    explicit = DUSt3R(net.config, head_chunk_size=net.head_chunk_size, fused_attention=False)
+    explicit.load_state_dict(net.state_dict(), assign=True)
+    explicit.eval().requires_grad_(False)
     img = torch.randn(2, 3, 288, 512, device=device)
     with torch.inference_mode():
         enc = net.encode(img)
-    return net, enc
+    return {"fused": net, "explicit": explicit}, enc
 
 
-def run_variant(net, enc, variant: str):
-    net.set_fused_attention(variant != "naive")
+def run_variant(nets, enc, variant: str):
+    net = nets["explicit" if variant == "naive" else "fused"]
     probe = {"plain": None, "readout": CrossAttentionReadout(), "naive": ScoreMatrixRecorder()}[variant]
     with torch.inference_mode():
         pred = net.forward_pair(enc[0], enc[1], readout=variant != "plain", probe=probe)

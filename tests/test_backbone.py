@@ -8,19 +8,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import dust3r_config_to_official, save_pretrained_folder, save_pth
 
-from easi3r import CheckpointError, load_backbone
-from easi3r.backbones import (
-    PRETRAINED,
-    CrossAttentionReadout,
-    DUSt3R,
-    DUSt3RConfig,
-    ScoreMatrixRecorder,
-    create_backbone,
-)
-from easi3r.backbones.checkpoint import save_pretrained_folder, save_pth
-from easi3r.backbones.layers import attention
-from easi3r.reweight import reweight_attention_reference
+from easi3r import CheckpointError, Easi3RInputError, load_backbone
+from easi3r.backbones import PRETRAINED, DUSt3R, DUSt3RConfig, create_backbone
+from easi3r.backbones._reference import ScoreMatrixRecorder, reference_attention
+from easi3r.backbones.layers import CrossAttention, RoPE2D, SelfAttention, attention, check_head_dim
+from easi3r.backbones.reweight import TokenMasks
 
 SMALL = DUSt3RConfig(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=4, dec_num_heads=4)
 
@@ -120,7 +114,7 @@ def test_linear_variants_key_count():
 def test_pth_and_safetensors_load_to_identical_outputs(tmp_path):
     net = small_net()
     pth = save_pth(tmp_path / "small.pth", SMALL_STRING, net.state_dict())
-    folder = save_pretrained_folder(tmp_path / "small_hf", SMALL.to_official(), net.state_dict())
+    folder = save_pretrained_folder(tmp_path / "small_hf", dust3r_config_to_official(SMALL), net.state_dict())
     a, b = load_backbone(pth, "cpu"), load_backbone(folder, "cpu")
     c = load_backbone(folder / "model.safetensors", "cpu")
     img = torch.randn(2, 3, 32, 48)
@@ -192,7 +186,7 @@ def test_unknown_source_and_offline_hub(monkeypatch, tmp_path):
 
 def test_hub_repo_id_resolves_through_huggingface_hub(monkeypatch, tmp_path):
     net = small_net()
-    folder = save_pretrained_folder(tmp_path / "snapshot", SMALL.to_official(), net.state_dict())
+    folder = save_pretrained_folder(tmp_path / "snapshot", dust3r_config_to_official(SMALL), net.state_dict())
     calls = []
 
     def fake_download(repo_id, filename, **kwargs):
@@ -208,21 +202,22 @@ def test_hub_repo_id_resolves_through_huggingface_hub(monkeypatch, tmp_path):
 # -- attention fast paths against their references --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_reweighted_attention_equals_reference(device, dtype):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=dtype) * 2 for n in (10, 14, 14))
     qdyn = torch.rand(2, 10, generator=g) > 0.6
     kdyn = torch.rand(2, 14, generator=g) > 0.5
     q, k, v, qdyn, kdyn = (t.to(device) for t in (q, k, v, qdyn, kdyn))
-    ref = reweight_attention_reference(q, k, v, qdyn, kdyn, 8**-0.5)
-    fused = attention(q, k, v, scale=8**-0.5, query_dynamic=qdyn, key_dynamic=kdyn, fused=True)
-    explicit = attention(q, k, v, scale=8**-0.5, query_dynamic=qdyn, key_dynamic=kdyn, fused=False)
+    masks = TokenMasks(qdyn, kdyn)
+    ref = reference_attention(q, k, v, scale=8**-0.5, masks=masks)
+    fused = attention(q, k, v, scale=8**-0.5, reweight=masks, fused=True)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(fused, ref, atol=tol, rtol=tol)
-    torch.testing.assert_close(explicit, ref, atol=tol, rtol=tol)
-    # Rows of static queries lose exactly the probability mass of the dynamic keys: no renormalisation.
+    assert torch.equal(attention(q, k, v, scale=8**-0.5, reweight=masks, fused=False), ref)
+    # Without masks the fused path is plain SDPA, equal to the explicit reference.
     plain = attention(q, k, v, scale=8**-0.5, fused=False)
+    torch.testing.assert_close(attention(q, k, v, scale=8**-0.5), plain, atol=tol, rtol=tol)
+    # Rows of static queries lose exactly the probability mass of the dynamic keys: no renormalisation.
     assert not torch.allclose(fused, plain)
     dyn = qdyn[:, None, :, None].expand_as(plain)
     torch.testing.assert_close(fused[dyn], plain[dyn], atol=tol, rtol=tol)
@@ -242,19 +237,27 @@ def test_readout_equals_mean_of_score_matrices():
     manual = manual.reshape(1, 16, n).transpose(1, 2).reshape(1, 3, 4, 16)
     torch.testing.assert_close(slow.cross_attn_1, manual)
     torch.testing.assert_close(fast.cross_attn_1, manual, atol=1e-5, rtol=1e-5)
-    assert isinstance(CrossAttentionReadout(), CrossAttentionReadout)
+    with torch.no_grad():
+        silent = net.forward_pair(img[:1], img[1:], heads=False, readout=False)
+    assert silent.cross_attn_1 is None and silent.cross_attn_2 is None
+    torch.testing.assert_close(silent.features_1, fast.features_1)
+
+
+def _attention_paths(net: torch.nn.Module) -> set[bool]:
+    return {m.fused for m in net.modules() if isinstance(m, (SelfAttention, CrossAttention))}
 
 
 def test_fused_and_explicit_network_paths_agree():
     net = small_net()
+    explicit = DUSt3R(SMALL, fused_attention=False).eval()
+    explicit.load_state_dict(net.state_dict())
+    assert _attention_paths(net) == {True} and _attention_paths(explicit) == {False}
     img = torch.randn(2, 3, 32, 48)
     masks = torch.zeros(2, 32, 48, dtype=torch.bool)
     masks[:, 8:20, 10:30] = True
     with torch.no_grad():
         a = net.forward_pair(img[:1], img[1:], dynamic_mask1=masks[:1], dynamic_mask2=masks[1:])
-        net.set_fused_attention(False)
-        b = net.forward_pair(img[:1], img[1:], dynamic_mask1=masks[:1], dynamic_mask2=masks[1:])
-        net.set_fused_attention(True)
+        b = explicit.forward_pair(img[:1], img[1:], dynamic_mask1=masks[:1], dynamic_mask2=masks[1:])
     for field in ("pts3d_1", "conf_1", "pts3d_2", "conf_2", "cross_attn_1", "cross_attn_2"):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=1e-5, rtol=1e-5)
 
@@ -296,3 +299,70 @@ def test_bad_pth_config_string_is_refused(tmp_path):
     path = save_pth(tmp_path / "x.pth", SMALL_STRING.replace("head_type='dpt'", "head_type='catmlp+dpt'"), sd)
     with pytest.raises(CheckpointError, match="head_type"):
         load_backbone(path, "cpu")
+
+
+# -- explicit options and typed errors ---------------------------------------------------------------------------
+
+
+def test_head_chunk_size_does_not_change_outputs(tmp_path):
+    net = small_net()
+    img = torch.randn(3, 3, 32, 48)
+    outs = []
+    for chunk in (1, 2, None):
+        other = DUSt3R(SMALL, head_chunk_size=chunk).eval()
+        other.load_state_dict(net.state_dict())
+        assert other.head_chunk_size == chunk
+        with torch.no_grad():
+            outs.append(other.forward_pair(img, img[[1, 2, 0]]))
+    for other in outs[1:]:
+        for field in ("pts3d_1", "conf_1", "pts3d_2", "conf_2"):
+            torch.testing.assert_close(getattr(other, field), getattr(outs[0], field), atol=1e-6, rtol=1e-6)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(Easi3RInputError, match="head_chunk_size"):
+            DUSt3R(SMALL, head_chunk_size=bad)
+
+
+def test_loaders_pass_the_options(tmp_path):
+    made = create_backbone(SMALL, head_chunk_size=None, fused_attention=False)
+    assert made.head_chunk_size is None and _attention_paths(made) == {False}
+    assert _attention_paths(create_backbone(SMALL)) == {True} and create_backbone(SMALL).head_chunk_size == 1
+    path = save_pth(tmp_path / "small.pth", SMALL_STRING, small_net().state_dict())
+    loaded = load_backbone(path, "cpu", head_chunk_size=4, fused_attention=False)
+    assert loaded.head_chunk_size == 4 and _attention_paths(loaded) == {False}
+    default = load_backbone(path, "cpu")
+    assert default.head_chunk_size == 1 and _attention_paths(default) == {True}
+
+
+def _raises_one_line(error: type[Exception], match: str, fn, *args, **kwargs) -> None:
+    with pytest.raises(error, match=match) as info:
+        fn(*args, **kwargs)
+    assert type(info.value) is error and "\n" not in str(info.value), str(info.value)
+
+
+def test_bad_images_and_masks_raise_input_errors():
+    net = small_net()
+    img = torch.randn(2, 3, 32, 48)
+    _raises_one_line(Easi3RInputError, r"images must have shape \(B, 3, H, W\)", net.encode, torch.zeros(2, 4, 32, 48))
+    _raises_one_line(Easi3RInputError, r"images must have shape", net.encode, torch.zeros(3, 32, 48))
+    _raises_one_line(Easi3RInputError, "images must be a", net.encode, img.numpy())
+    _raises_one_line(Easi3RInputError, "multiple of the patch size 16", net.encode, torch.zeros(1, 3, 30, 48))
+    _raises_one_line(Easi3RInputError, "differ in size: 2 vs 1", net.forward_pair, img, img[:1])
+    mask = torch.zeros(1, 32, 48, dtype=torch.bool)
+    _raises_one_line(Easi3RInputError, "both", net.forward_pair, img[:1], img[1:], dynamic_mask1=mask)
+    _raises_one_line(Easi3RInputError, "both", net.forward_pair, img[:1], img[1:], dynamic_mask2=mask)
+    for bad, match in [
+        (torch.zeros(1, 32, 32, dtype=torch.bool), r"dynamic_mask2 must have shape \(B, H, W\) with W = 48"),
+        (torch.zeros(2, 32, 48, dtype=torch.bool), r"dynamic_mask2 must have shape \(B, H, W\) with B = 1"),
+        (torch.zeros(1, 32, 48), "dtype bool"),
+    ]:
+        _raises_one_line(
+            Easi3RInputError, match, net.forward_pair, img[:1], img[1:], dynamic_mask1=mask, dynamic_mask2=bad
+        )
+
+
+def test_bad_architecture_raises_checkpoint_errors():
+    _raises_one_line(CheckpointError, "head dim", DUSt3RConfig, enc_embed_dim=40, enc_num_heads=4)
+    _raises_one_line(CheckpointError, "head dim", DUSt3RConfig, dec_embed_dim=36, dec_num_heads=4)
+    _raises_one_line(CheckpointError, "head dim", check_head_dim, 30, 4)
+    check_head_dim(32, 4)
+    _raises_one_line(CheckpointError, "divisible by 4", RoPE2D(), torch.zeros(1, 2, 5, 6), torch.zeros(1, 5, 2).long())

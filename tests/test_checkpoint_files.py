@@ -1,5 +1,5 @@
-"""Checkpoint files: safe reading of official .pth / safetensors / folders, literal-only config parsing,
-official-format and hub-format writing."""
+"""Checkpoint files: safe reading of official .pth / safetensors / folders, literal-only config parsing, and the
+official-format and hub-format writers of the test tooling (tests/helpers/checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from easi3r.backbones import checkpoint as ckpt
-from easi3r.backbones.checkpoint import (
+from helpers import checkpoints as writers
+from helpers.checkpoints import (
     config_to_model_string,
     dpt_alias_map,
     normalize_config,
-    parse_model_string,
-    read_checkpoint,
     save_pretrained_folder,
     save_pth,
 )
+from safetensors.torch import load_file, save_file
+
+from easi3r.backbones.checkpoint import parse_model_string, read_checkpoint
 from easi3r.errors import CheckpointError
 
 REF = Path(__file__).parent / "data" / "reference"
@@ -323,7 +322,7 @@ def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         Path(f).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    monkeypatch.setattr(writers.torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         save_pth(final, STR, {"a": torch.ones(1)})
     assert final.read_bytes() == b"previous version"

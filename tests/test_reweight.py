@@ -1,4 +1,4 @@
-"""Token masks and the re-weighted attention reference (easi3r.reweight)."""
+"""Token masks (easi3r.backbones.reweight) and the re-weighted attention reference (easi3r.backbones._reference)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from easi3r.backbones import token_masks
+from easi3r.backbones._reference import reference_attention
+from easi3r.backbones.reweight import TokenMasks, dropped_weights
 from easi3r.errors import Easi3RInputError
-from easi3r.reweight import reweight_attention_reference, token_masks
 
 
 def test_token_masks_crafted(device: str) -> None:
@@ -45,7 +47,8 @@ def test_reweight_reference_hand_built() -> None:
     v = torch.eye(3).view(1, 1, 3, 3)
     qd = torch.tensor([[False, True]])  # query 0 static, query 1 dynamic
     kd = torch.tensor([[False, True, False]])  # key 1 dynamic
-    out = reweight_attention_reference(q, k, v, qd, kd, scale=1.0)
+    out = reference_attention(q, k, v, scale=1.0, masks=TokenMasks(qd, kd))
+    assert dropped_weights(TokenMasks(qd, kd))[0, 0].tolist() == [[False, True, False], [False, False, False]]
 
     def softmax(xs: list[float]) -> list[float]:
         e = [math.exp(x) for x in xs]
@@ -66,15 +69,21 @@ def test_reweight_reference_equals_sdpa_without_dynamic_keys(device: str) -> Non
     km = torch.zeros(2, 7, dtype=torch.bool, device=device)
     sdpa = F.scaled_dot_product_attention(q, k, v)
     tol = {"atol": 1e-5, "rtol": 1e-5}
-    torch.testing.assert_close(reweight_attention_reference(q, k, v, qm, km, 8**-0.5), sdpa, **tol)
-    torch.testing.assert_close(reweight_attention_reference(q, k, v, None, None, 8**-0.5), sdpa, **tol)
+    torch.testing.assert_close(reference_attention(q, k, v, scale=8**-0.5, masks=TokenMasks(qm, km)), sdpa, **tol)
+    torch.testing.assert_close(reference_attention(q, k, v, scale=8**-0.5), sdpa, **tol)
     # all queries dynamic: masks on keys have no effect either
     km[:, 2] = True
-    out = reweight_attention_reference(q, k, v, ~qm, km, 8**-0.5)
+    out = reference_attention(q, k, v, scale=8**-0.5, masks=TokenMasks(~qm, km))
     torch.testing.assert_close(out, sdpa, **tol)
     # all queries static: the dynamic key's contribution is removed, the rest unchanged
     probs = torch.softmax(q @ k.transpose(-2, -1) * 8**-0.5, -1)
     probs[..., 2] = 0
-    torch.testing.assert_close(reweight_attention_reference(q, k, v, qm, km, 8**-0.5), probs @ v)
-    with pytest.raises(Easi3RInputError):
-        reweight_attention_reference(q, k, v, qm[:, :3], km, 1.0)
+    torch.testing.assert_close(reference_attention(q, k, v, scale=8**-0.5, masks=TokenMasks(qm, km)), probs @ v)
+    for masks in (TokenMasks(qm[:, :3], km), TokenMasks(qm, km[:1]), TokenMasks(qm.float(), km)):
+        with pytest.raises(Easi3RInputError) as e:
+            reference_attention(q, k, v, scale=1.0, masks=masks)
+        assert "\n" not in str(e.value)
+    with pytest.raises(Easi3RInputError, match="k must have shape"):
+        reference_attention(q, k[..., :4], v, scale=1.0)
+    with pytest.raises(Easi3RInputError, match="v must have shape"):
+        reference_attention(q, k, v[:, :, :3], scale=1.0)

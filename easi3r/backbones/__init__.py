@@ -1,8 +1,10 @@
 """Pointmap networks behind Easi3R: the adapter contract, the DUSt3R/MonST3R network and the loaders."""
 
-from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction, ScoreMatrixRecorder
+from ._reference import ScoreMatrixRecorder
+from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction
 from .dust3r import DUSt3R, DUSt3RConfig
 from .registry import PRETRAINED, PretrainedCfg, create_backbone, list_backbones, load_backbone, load_weights
+from .reweight import TokenMasks, token_masks
 
 __all__ = [
     "PRETRAINED",
@@ -14,8 +16,10 @@ __all__ = [
     "PairPrediction",
     "PretrainedCfg",
     "ScoreMatrixRecorder",
+    "TokenMasks",
     "create_backbone",
     "list_backbones",
     "load_backbone",
     "load_weights",
+    "token_masks",
 ]

@@ -8,12 +8,22 @@ another DUSt3R-like network (same encoder/decoder, other heads: see ``examples/c
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "CrossAttentionReadout", "EncodedImages", "PairPrediction", "ScoreMatrixRecorder"]
+from .._checks import check_dtype, check_shape
+from ..errors import Easi3RInputError
+from .reweight import TokenMasks, token_masks
+
+__all__ = ["AttentionProbe", "Backbone", "CrossAttentionReadout", "EncodedImages", "PairPrediction"]
+
+#: Called by a cross-attention layer with its rotated queries ``(B, heads, Nq, D)``, keys ``(B, heads, Nk, D)`` and
+#: the logit scale. The decoder binds the branch and layer index before handing it to a block.
+AttentionProbe = Callable[[Tensor, Tensor, float], None]
 
 
 @dataclass
@@ -23,13 +33,13 @@ class EncodedImages:
     Attributes:
         tokens: ``(B, N, C)`` encoder tokens after the encoder norm, row-major over the ``h x w`` patch grid.
         positions: ``(B, N, 2)`` int64 token positions (row, column).
-        image_size: ``(H, W)`` in pixels, shared by the batch.
+        size: ``(H, W)`` image size in pixels, shared by the batch.
         patch_size: token size in pixels.
     """
 
     tokens: Tensor
     positions: Tensor
-    image_size: tuple[int, int]
+    size: tuple[int, int]
     patch_size: int = 16
 
     def __len__(self) -> int:
@@ -39,15 +49,32 @@ class EncodedImages:
         """Select images (e.g. the view-1 frames of a batch of pairs)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return EncodedImages(self.tokens[index], self.positions[index], self.image_size, self.patch_size)
+        return EncodedImages(self.tokens[index], self.positions[index], self.size, self.patch_size)
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedImages]) -> EncodedImages:
+        """Concatenate batches of one image size along the batch dimension (e.g. frames encoded in chunks)."""
+        if not parts or any(p.size != parts[0].size or p.patch_size != parts[0].patch_size for p in parts):
+            raise Easi3RInputError("concat needs one or more EncodedImages of one image size and patch size")
+        tokens = torch.cat([p.tokens for p in parts])
+        return cls(tokens, torch.cat([p.positions for p in parts]), parts[0].size, parts[0].patch_size)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Deprecated alias of :attr:`size` (``(H, W)`` in pixels)."""
+        return self.size
 
     @property
     def grid(self) -> tuple[int, int]:
         """Token grid ``(h, w) = (H / patch_size, W / patch_size)``."""
-        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+        return self.size[0] // self.patch_size, self.size[1] // self.patch_size
+
+    def token_grid(self) -> Tensor:
+        """The tokens on their patch grid: ``(B, h, w, C)`` (a view of :attr:`tokens`)."""
+        return rearrange(self.tokens, "b (h w) c -> b h w c", h=self.grid[0], w=self.grid[1])
 
     def to(self, device: torch.device | str) -> EncodedImages:
-        return EncodedImages(self.tokens.to(device), self.positions.to(device), self.image_size, self.patch_size)
+        return EncodedImages(self.tokens.to(device), self.positions.to(device), self.size, self.patch_size)
 
 
 @dataclass
@@ -78,14 +105,23 @@ class CrossAttentionReadout:
     """Decoder probe collecting Easi3R's readout with O(N) memory per layer.
 
     For every cross-attention layer it stores ``mean_q(q) . k * scale`` of shape ``(B, heads, Nk)``, which equals the
-    query-mean of the pre-softmax logits exactly (the mean is linear). Call it as ``probe(branch, layer)`` to get the
-    callable a decoder block expects.
+    query-mean of the pre-softmax logits exactly (the mean is linear):
+
+    .. math:: \\frac{1}{N_q}\\sum_q \\frac{q\\cdot k}{\\sqrt d} = \\frac{\\bar q \\cdot k}{\\sqrt d},
+
+    so no ``(Nq, Nk)`` matrix is formed (the official Easi3R code keeps every layer's matrix and averages it in
+    ``dust3r/model.py`` ``_get_attn_k``, as :class:`~easi3r.backbones._reference.ScoreMatrixRecorder` does). Call it
+    as ``probe(branch, layer)`` to get the :data:`AttentionProbe` a decoder block expects; branch 1 is the reference
+    decoder (queries from view 1), branch 2 the source decoder (queries from view 2).
+
+    Attributes:
+        scores: ``scores[branch][layer]``, the ``(B, heads, Nk)`` readout of that cross-attention.
     """
 
     def __init__(self) -> None:
         self.scores: dict[int, dict[int, Tensor]] = {1: {}, 2: {}}
 
-    def __call__(self, branch: int, layer: int):
+    def __call__(self, branch: int, layer: int) -> AttentionProbe:
         def record(q: Tensor, k: Tensor, scale: float) -> None:
             q_mean = q.mean(dim=-2)
             self.scores[branch][layer] = torch.einsum("bhd,bhnd->bhn", q_mean, k) * scale
@@ -93,35 +129,18 @@ class CrossAttentionReadout:
         return record
 
     def maps(self, branch: int, grid: tuple[int, int]) -> Tensor:
-        """Stacked maps of one decoder branch: ``(B, h, w, L*heads)``, channel ``layer * heads + head``."""
-        layers = [self.scores[branch][i] for i in sorted(self.scores[branch])]
-        x = torch.stack(layers, dim=1)  # (B, L, heads, Nk)
-        b, n_layers, heads, n = x.shape
-        return x.reshape(b, n_layers * heads, n).transpose(1, 2).reshape(b, grid[0], grid[1], n_layers * heads)
-
-
-class ScoreMatrixRecorder(CrossAttentionReadout):
-    """Reference probe that materialises and keeps every layer's full ``(B, heads, Nq, Nk)`` logit matrix, as the
-    official code does. Used to test the readout and as the naive baseline of the benchmarks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.matrices: dict[int, dict[int, Tensor]] = {1: {}, 2: {}}
-
-    def __call__(self, branch: int, layer: int):
-        def record(q: Tensor, k: Tensor, scale: float) -> None:
-            logits = (q @ k.transpose(-2, -1)) * scale
-            self.matrices[branch][layer] = logits
-            self.scores[branch][layer] = logits.mean(dim=-2)
-
-        return record
+        """Stacked maps of one decoder branch on the key view's token grid ``(h, w)``: ``(B, h, w, L*heads)``,
+        channel ``layer * heads + head``."""
+        layers = torch.stack([self.scores[branch][i] for i in sorted(self.scores[branch])], dim=1)
+        return rearrange(layers, "b l heads (h w) -> b h w (l heads)", h=grid[0], w=grid[1])
 
 
 class Backbone(nn.Module, ABC):
     """Base class of pointmap networks usable by Easi3R.
 
-    Subclasses implement :meth:`encode` and :meth:`forward_pair`. ``patch_size`` is the token size in pixels;
-    ``attention_channels`` the number of readout channels (decoder layers x heads).
+    Subclasses implement :meth:`encode` and :meth:`decode`; :meth:`forward_pair` validates the inputs, encodes
+    images when needed, turns the dynamic masks into token masks and calls :meth:`decode`. ``patch_size`` is the
+    token size in pixels; ``attention_channels`` the number of readout channels (decoder layers x heads).
     """
 
     patch_size: int = 16
@@ -144,6 +163,25 @@ class Backbone(nn.Module, ABC):
         """Encode ``images (B, 3, H, W)`` normalised to [-1, 1] into :class:`EncodedImages`."""
 
     @abstractmethod
+    def decode(
+        self,
+        enc_1: EncodedImages,
+        enc_2: EncodedImages,
+        *,
+        reweight: TokenMasks | None,
+        heads: bool,
+        probe: CrossAttentionReadout | None,
+    ) -> PairPrediction:
+        """Run the decoders (and heads) on ``B`` encoded pairs of one batch size (checked by the caller).
+
+        Args:
+            enc_1, enc_2: view 1 (reference) and view 2 (source).
+            reweight: dynamic tokens of view 1 (``query``) and view 2 (``key``) for the re-weighted reference-decoder
+                cross-attention (:mod:`easi3r.backbones.reweight`), or None.
+            heads: run the prediction heads (False: point/conf fields are None).
+            probe: the readout recorder passed to the cross-attention layers, or None (no readout maps).
+        """
+
     def forward_pair(
         self,
         view1: Tensor | EncodedImages,
@@ -153,14 +191,44 @@ class Backbone(nn.Module, ABC):
         dynamic_mask2: Tensor | None = None,
         heads: bool = True,
         readout: bool = True,
+        probe: CrossAttentionReadout | None = None,
     ) -> PairPrediction:
         """Run the decoders (and heads) on ``B`` pairs.
 
         Args:
             view1, view2: images ``(B, 3, H, W)`` or their :meth:`encode` output (encode once, reuse per pair).
-            dynamic_mask1, dynamic_mask2: ``(B, H, W)`` bool dynamic masks at image resolution. When both are given,
-                the reference decoder's cross-attention drops (static view-1 query, dynamic view-2 key) weights after
-                the softmax, without renormalising (Easi3R's second pass). The source decoder is untouched.
+                View 1 is the reference, view 2 the source.
+            dynamic_mask1, dynamic_mask2: ``(B, H, W)`` bool dynamic masks of view 1 / view 2 at image resolution.
+                When both are given, the reference decoder's cross-attention drops (static view-1 query, dynamic
+                view-2 key) weights after the softmax, without renormalising (Easi3R's second pass, paper Sec. 3.3).
+                The source decoder is untouched.
             heads: run the prediction heads (False: point/conf fields are None).
             readout: compute the cross-attention readout maps.
+            probe: replaces the default readout recorder (e.g. the reference
+                :class:`~easi3r.backbones._reference.ScoreMatrixRecorder`); ``readout`` is then ignored.
+
+        Raises:
+            Easi3RInputError: batches of different sizes, only one mask, or masks that are not ``(B, H, W)`` bool
+                of their view's image size.
         """
+        enc_1 = view1 if isinstance(view1, EncodedImages) else self.encode(view1)
+        enc_2 = view2 if isinstance(view2, EncodedImages) else self.encode(view2)
+        if len(enc_1) != len(enc_2):
+            raise Easi3RInputError(f"view batches differ in size: {len(enc_1)} vs {len(enc_2)}")
+        if (dynamic_mask1 is None) != (dynamic_mask2 is None):
+            raise Easi3RInputError("re-weighting needs both dynamic_mask1 and dynamic_mask2 (or neither)")
+        reweight = None
+        if dynamic_mask1 is not None and dynamic_mask2 is not None:
+            reweight = TokenMasks(
+                self._token_masks(dynamic_mask1, enc_1, "dynamic_mask1"),
+                self._token_masks(dynamic_mask2, enc_2, "dynamic_mask2"),
+            )
+        if probe is None and readout:
+            probe = CrossAttentionReadout()
+        return self.decode(enc_1, enc_2, reweight=reweight, heads=heads, probe=probe)
+
+    @staticmethod
+    def _token_masks(mask: Tensor, enc: EncodedImages, name: str) -> Tensor:
+        check_shape(mask, "B H W", name, dims={"B": len(enc), "H": enc.size[0], "W": enc.size[1]})
+        check_dtype(mask, (torch.bool,), name)
+        return token_masks(mask.to(enc.tokens.device), enc.patch_size)

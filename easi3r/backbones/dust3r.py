@@ -7,16 +7,17 @@ MonST3R is the same graph with other weights.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, Easi3RInputError
 from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction
 from .heads import DPTHead, LinearHead, postprocess
 from .layers import Block, DecoderBlock, PatchEmbed, RoPE2D, check_head_dim
+from .reweight import TokenMasks
 
 __all__ = ["DUSt3R", "DUSt3RConfig"]
 
@@ -50,13 +51,10 @@ class DUSt3RConfig:
             raise CheckpointError(f"unsupported head_type {self.head_type!r} (expected 'dpt' or 'linear')")
         if self.head_type == "dpt" and self.dec_depth < 4:
             raise CheckpointError(f"a DPT head needs at least 4 decoder layers, got dec_depth={self.dec_depth}")
-        try:
-            check_head_dim(self.enc_embed_dim, self.enc_num_heads)
-            check_head_dim(self.dec_embed_dim, self.dec_num_heads)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
+        check_head_dim(self.enc_embed_dim, self.enc_num_heads)
+        check_head_dim(self.dec_embed_dim, self.dec_num_heads)
 
-    # -- conversion from / to the official constructor keyword arguments ------------------------------------------
+    # -- conversion from the official constructor keyword arguments ----------------------------------------------
     @classmethod
     def from_official(cls, kwargs: dict[str, Any]) -> DUSt3RConfig:
         """Build from the official ``AsymmetricCroCo3DStereo`` keyword arguments (``args.model`` or ``config.json``).
@@ -90,28 +88,20 @@ class DUSt3RConfig:
             raise CheckpointError(f"unsupported model option(s): {', '.join(unknown)}")
         return cls(img_size=tuple(img_size), rope_base=rope_base, **kw)
 
-    def to_official(self) -> dict[str, Any]:
-        """The official ``config.json`` keyword arguments for this architecture."""
-        kw = asdict(self)
-        rope = kw.pop("rope_base")
-        kw.update(
-            pos_embed=f"RoPE{rope:g}",
-            output_mode="pts3d",
-            depth_mode=["exp", -math.inf, math.inf],
-            conf_mode=["exp", 1, math.inf],
-            patch_embed_cls="PatchEmbedDust3R",
-            landscape_only=False,
-            freeze="none",
-            img_size=list(self.img_size),
-        )
-        return kw
-
 
 class DUSt3R(Backbone):
-    """DUSt3R / MonST3R pointmap network.
+    """DUSt3R / MonST3R pointmap network (official ``dust3r/model.py`` ``AsymmetricCroCo3DStereo``).
 
     Args:
         config: the architecture (:class:`DUSt3RConfig`); build pretrained ones with :func:`easi3r.load_backbone`.
+        head_chunk_size: pairs per head evaluation (None: the whole batch). The heads' full-resolution activations
+            dominate the memory of a forward pass; chunking them costs no speed on CPU and little on GPU.
+        fused_attention: every attention through ``scaled_dot_product_attention`` (True) or through the explicit
+            reference :func:`~easi3r.backbones._reference.reference_attention` (False: the official computation,
+            for tests and benchmarks).
+
+    Raises:
+        Easi3RInputError: ``head_chunk_size`` neither None nor a positive int.
 
     Example:
         >>> net = DUSt3R(DUSt3RConfig(enc_embed_dim=64, enc_depth=2, enc_num_heads=4, dec_embed_dim=48,
@@ -122,31 +112,45 @@ class DUSt3R(Backbone):
         (torch.Size([1, 64, 96, 3]), torch.Size([1, 4, 6, 16]))
     """
 
-    #: Pairs per head evaluation (None: the whole batch). The heads' full-resolution activations dominate the
-    #: memory of a forward pass; chunking them costs no speed on CPU and little on GPU.
-    head_chunk_size: int | None = 1
-
-    def __init__(self, config: DUSt3RConfig | None = None) -> None:
+    def __init__(
+        self, config: DUSt3RConfig | None = None, *, head_chunk_size: int | None = 1, fused_attention: bool = True
+    ) -> None:
         super().__init__()
+        if head_chunk_size is not None and (
+            isinstance(head_chunk_size, bool) or not isinstance(head_chunk_size, int) or head_chunk_size < 1
+        ):
+            raise Easi3RInputError(f"head_chunk_size must be None or a positive int, got {head_chunk_size!r}")
         cfg = config or DUSt3RConfig()
         self.config = cfg
+        self.head_chunk_size = head_chunk_size
+        self.fused_attention = fused_attention
         self.patch_size = cfg.patch_size
         rope = RoPE2D(cfg.rope_base)
+
+        def decoder() -> nn.ModuleList:
+            return nn.ModuleList(
+                [
+                    DecoderBlock(cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio, rope, fused=fused_attention)
+                    for _ in range(cfg.dec_depth)
+                ]
+            )
+
         # Registration order (and mask_token as a direct parameter) reproduces the official key order.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dec_embed_dim))
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.enc_embed_dim)
         self.enc_blocks = nn.ModuleList(
-            [Block(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.enc_depth)]
+            [
+                Block(cfg.enc_embed_dim, cfg.enc_num_heads, cfg.mlp_ratio, rope, fused=fused_attention)
+                for _ in range(cfg.enc_depth)
+            ]
         )
         self.enc_norm = nn.LayerNorm(cfg.enc_embed_dim, eps=1e-6)
         self.decoder_embed = nn.Linear(cfg.enc_embed_dim, cfg.dec_embed_dim)
-        self.dec_blocks = nn.ModuleList(
-            [DecoderBlock(cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.dec_depth)]
-        )
+        self.dec_blocks = decoder()
         self.dec_norm = nn.LayerNorm(cfg.dec_embed_dim, eps=1e-6)
-        self.dec_blocks2 = nn.ModuleList(
-            [DecoderBlock(cfg.dec_embed_dim, cfg.dec_num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.dec_depth)]
-        )
+        self.dec_blocks2 = decoder()
+        self.downstream_head1: DPTHead | LinearHead
+        self.downstream_head2: DPTHead | LinearHead
         if cfg.head_type == "dpt":
             self.downstream_head1 = DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size)
             self.downstream_head2 = DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size)
@@ -160,102 +164,81 @@ class DUSt3R(Backbone):
     def attention_channels(self) -> int:
         return self.config.dec_depth * self.config.dec_num_heads
 
-    def set_fused_attention(self, fused: bool) -> None:
-        """Switch every attention between ``scaled_dot_product_attention`` (True) and the explicit reference."""
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = fused
-
     # -- encoder -------------------------------------------------------------------------------------------------
     def encode(self, images: Tensor) -> EncodedImages:
-        """``images (B, 3, H, W)`` in [-1, 1] -> encoder tokens after ``enc_norm`` (:class:`EncodedImages`)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        """``images (B, 3, H, W)`` in [-1, 1], ``H`` and ``W`` multiples of the patch size -> encoder tokens after
+        ``enc_norm`` (:class:`EncodedImages`).
+
+        Raises:
+            Easi3RInputError: not a ``(B, 3, H, W)`` tensor, or a size that is not a multiple of the patch size.
+        """
+        if not isinstance(images, Tensor):
+            raise Easi3RInputError(f"images must be a (B, 3, H, W) tensor, got {type(images).__name__}")
         x, pos = self.patch_embed(images.to(self.dtype))
         for block in self.enc_blocks:
             x = block(x, pos)
         return EncodedImages(self.enc_norm(x), pos, (images.shape[-2], images.shape[-1]), self.patch_size)
 
     # -- decoders + heads ----------------------------------------------------------------------------------------
-    def forward_pair(
+    def decode(
         self,
-        view1: Tensor | EncodedImages,
-        view2: Tensor | EncodedImages,
+        enc_1: EncodedImages,
+        enc_2: EncodedImages,
         *,
-        dynamic_mask1: Tensor | None = None,
-        dynamic_mask2: Tensor | None = None,
-        heads: bool = True,
-        readout: bool = True,
-        probe: CrossAttentionReadout | None = None,
+        reweight: TokenMasks | None,
+        heads: bool,
+        probe: CrossAttentionReadout | None,
     ) -> PairPrediction:
-        """See :meth:`Backbone.forward_pair`. ``probe`` replaces the default readout recorder (e.g. a
-        :class:`~easi3r.backbones.base.ScoreMatrixRecorder`)."""
-        enc1 = view1 if isinstance(view1, EncodedImages) else self.encode(view1)
-        enc2 = view2 if isinstance(view2, EncodedImages) else self.encode(view2)
-        if len(enc1) != len(enc2):
-            raise ValueError(f"view batches differ in size: {len(enc1)} vs {len(enc2)}")
-        query_dynamic = key_dynamic = None
-        if (dynamic_mask1 is None) != (dynamic_mask2 is None):
-            raise ValueError("re-weighting needs both dynamic_mask1 and dynamic_mask2 (or neither)")
-        if dynamic_mask1 is not None:
-            from ..reweight import token_masks  # the mask -> token rule lives with the re-weighting step
-
-            query_dynamic = token_masks(dynamic_mask1.to(enc1.tokens.device), self.patch_size)
-            key_dynamic = token_masks(dynamic_mask2.to(enc2.tokens.device), self.patch_size)
-        if probe is None and readout:
-            probe = CrossAttentionReadout()
-
-        f1, f2 = self.decoder_embed(enc1.tokens), self.decoder_embed(enc2.tokens)
-        p1, p2 = enc1.positions, enc2.positions
-        keep1: dict[int, Tensor] = {0: enc1.tokens}
-        keep2: dict[int, Tensor] = {0: enc2.tokens}
+        """See :meth:`Backbone.decode`: the two decoders of the official ``AsymmetricCroCo3DStereo._decoder``
+        (``dec_blocks`` for view 1, the reference; ``dec_blocks2`` for view 2, the source), then the heads
+        (``_downstream_head``). ``reweight`` applies to the reference decoder's cross-attention only."""
+        x_1, x_2 = self.decoder_embed(enc_1.tokens), self.decoder_embed(enc_2.tokens)
+        pos_1, pos_2 = enc_1.positions, enc_2.positions
+        kept_1: dict[int, Tensor] = {0: enc_1.tokens}
+        kept_2: dict[int, Tensor] = {0: enc_2.tokens}
         depth = len(self.dec_blocks)
-        for layer, (blk1, blk2) in enumerate(zip(self.dec_blocks, self.dec_blocks2), start=1):
+        for layer, (block_1, block_2) in enumerate(zip(self.dec_blocks, self.dec_blocks2), start=1):
             # Both branches read the previous layer of the other one (simultaneous update).
-            n1 = blk1(
-                f1,
-                f2,
-                p1,
-                p2,
-                probe=probe(1, layer - 1) if probe else None,
-                query_dynamic=query_dynamic,
-                key_dynamic=key_dynamic,
+            probe_1 = probe(1, layer - 1) if probe else None
+            probe_2 = probe(2, layer - 1) if probe else None
+            x_1, x_2 = (
+                block_1(x_1, x_2, pos_1, pos_2, probe=probe_1, reweight=reweight),
+                block_2(x_2, x_1, pos_2, pos_1, probe=probe_2),
             )
-            n2 = blk2(f2, f1, p2, p1, probe=probe(2, layer - 1) if probe else None)
-            f1, f2 = n1, n2
             if heads and layer in self._hooks:
-                keep1[layer], keep2[layer] = f1, f2
+                kept_1[layer], kept_2[layer] = x_1, x_2
 
-        pts1 = conf1 = pts2 = conf2 = None
+        pts_1 = conf_1 = pts_2 = conf_2 = None
         if heads:
-            keep1[depth], keep2[depth] = self.dec_norm(keep1[depth]), self.dec_norm(keep2[depth])
-            pts1, conf1 = self._head(self.downstream_head1, keep1, enc1.image_size)
-            pts2, conf2 = self._head(self.downstream_head2, keep2, enc2.image_size)
-
-        h, w = enc1.grid
+            kept_1[depth], kept_2[depth] = self.dec_norm(kept_1[depth]), self.dec_norm(kept_2[depth])
+            pts_1, conf_1 = self._head(self.downstream_head1, kept_1, enc_1.size)
+            pts_2, conf_2 = self._head(self.downstream_head2, kept_2, enc_2.size)
         return PairPrediction(
-            pts3d_1=pts1,
-            conf_1=conf1,
-            pts3d_2=pts2,
-            conf_2=conf2,
-            cross_attn_1=probe.maps(1, enc2.grid).float() if probe else None,
-            cross_attn_2=probe.maps(2, enc1.grid).float() if probe else None,
-            features_1=enc1.tokens.reshape(len(enc1), h, w, -1).float(),
+            pts3d_1=pts_1,
+            conf_1=conf_1,
+            pts3d_2=pts_2,
+            conf_2=conf_2,
+            cross_attn_1=probe.maps(1, enc_2.grid).float() if probe else None,
+            cross_attn_2=probe.maps(2, enc_1.grid).float() if probe else None,
+            features_1=enc_1.token_grid().float(),
         )
 
-    def _head(self, head: nn.Module, kept: dict[int, Tensor], image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _head(
+        self, head: DPTHead | LinearHead, kept: dict[int, Tensor], size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """Points ``(B, H, W, 3)`` and confidences ``(B, H, W)`` (float32) of one view from its kept layers."""
         depth = len(self.dec_blocks)
-        tokens = [kept.get(i) for i in range(depth + 1)]
+        last = kept[depth]
         dtype = next(head.parameters()).dtype
-        batch = tokens[depth].shape[0]
+        batch = last.shape[0]
         step = self.head_chunk_size or batch
         pts, conf = [], []
         # Heads run outside autocast, like the official inference. Their full-resolution activations dominate peak
         # memory, so the pairs of a batch go through them in chunks.
-        with torch.autocast(device_type=tokens[depth].device.type, enabled=False):
+        with torch.autocast(device_type=last.device.type, enabled=False):
             for s in range(0, batch, step):
-                chunk = [t[s : s + step].to(dtype) if t is not None else None for t in tokens]
-                p, c = postprocess(head(chunk, image_size))
+                chunk = [t[s : s + step].to(dtype) if t is not None else None for t in map(kept.get, range(depth + 1))]
+                p, c = postprocess(head(chunk, size))
                 pts.append(p.float())
                 conf.append(c.float())
         return torch.cat(pts), torch.cat(conf)

@@ -1,5 +1,9 @@
 """Prediction heads of DUSt3R: the DPT head, the linear head, and the exp post-processing.
 
+Official ``dust3r/heads/dpt_head.py`` (``DPTOutputAdapter_fix``, ``PixelwiseTaskWithDPT``),
+``dust3r/heads/linear_head.py`` (``LinearPts3d``) and ``dust3r/heads/postprocess.py`` (``postprocess``,
+``reg_dense_depth``, ``reg_dense_conf``), with the same state-dict names.
+
 Both heads map decoder tokens of one view to a ``(B, 4, H, W)`` raw map (xyz + confidence logit), which
 :func:`postprocess` turns into points and confidences:
 
@@ -9,9 +13,14 @@ Both heads map decoder tokens of one view to a ``(B, 4, H, W)`` raw map (xyz + c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
+
+from ..errors import Easi3RRuntimeError
 
 __all__ = ["DPTHead", "LinearHead", "postprocess"]
 
@@ -19,7 +28,7 @@ __all__ = ["DPTHead", "LinearHead", "postprocess"]
 def postprocess(raw: Tensor) -> tuple[Tensor, Tensor]:
     """``raw (B, 4, H, W)`` -> points ``(B, H, W, 3)`` (depth_mode ('exp', -inf, inf)) and confidence ``(B, H, W)``
     (conf_mode ('exp', 1, inf)), both float32."""
-    fmap = raw.permute(0, 2, 3, 1)
+    fmap = rearrange(raw, "b c h w -> b h w c")
     xyz = fmap[..., :3]
     d = xyz.norm(dim=-1, keepdim=True)
     pts = xyz / d.clip(min=1e-8) * torch.expm1(d)
@@ -34,7 +43,8 @@ class _ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        out: Tensor = self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        return out
 
 
 class _FusionBlock(nn.Module):
@@ -52,7 +62,8 @@ class _FusionBlock(nn.Module):
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
+        out: Tensor = self.out_conv(x)
+        return out
 
 
 class _Scratch(nn.Module):
@@ -121,7 +132,7 @@ class DPTHead(nn.Module):
     features = 256
     last_dim = 128
 
-    def __init__(self, enc_dim: int, dec_dim: int, dec_depth: int, patch_size: int = 16, out_channels: int = 4):
+    def __init__(self, enc_dim: int, dec_dim: int, dec_depth: int, patch_size: int = 16, out_channels: int = 4) -> None:
         super().__init__()
         self.hooks = (0, dec_depth * 2 // 4, dec_depth * 3 // 4, dec_depth)
         self.patch_size = patch_size
@@ -129,13 +140,22 @@ class DPTHead(nn.Module):
             (enc_dim, dec_dim, dec_dim, dec_dim), self.layer_dims, self.features, self.last_dim, out_channels
         )
 
-    def forward(self, tokens: list[Tensor], image_size: tuple[int, int]) -> Tensor:
-        """``tokens``: the ``L+1`` per-layer token maps ``(B, N, C_l)``; returns the raw ``(B, 4, H, W)`` map."""
-        h, w = image_size[0] // self.patch_size, image_size[1] // self.patch_size
+    def forward(self, tokens: Sequence[Tensor | None], size: tuple[int, int]) -> Tensor:
+        """Raw ``(B, 4, H, W)`` map of images of ``size = (H, W)`` pixels.
+
+        Args:
+            tokens: the ``L+1`` per-layer token maps ``(B, N, C_l)``, ``N = (H / p) * (W / p)`` row-major; only the
+                hooked entries are read (the others may be None).
+        """
+        h, w = size[0] // self.patch_size, size[1] // self.patch_size
         dpt = self.dpt
         layers = []
         for i, hook in enumerate(self.hooks):
             x = tokens[hook]
+            if x is None:
+                raise Easi3RRuntimeError(f"DPT head: decoder layer {hook} was not kept")
+            # Not einops: this transpose + reshape gives a size-1 batch dimension other strides than
+            # ``rearrange``, which selects another convolution kernel (last-bit differences) in the DPT layers.
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
             layers.append(dpt.scratch.layer_rn[i](dpt.act_postprocess[i](x)))
         # Crop: with an odd token grid the stride-2 level upsamples one row/column too many.
@@ -143,7 +163,8 @@ class DPTHead(nn.Module):
         path = dpt.scratch.refinenet3(path, layers[2])
         path = dpt.scratch.refinenet2(path, layers[1])
         path = dpt.scratch.refinenet1(path, layers[0])
-        return dpt.head(path)
+        out: Tensor = dpt.head(path)
+        return out
 
 
 class LinearHead(nn.Module):
@@ -154,8 +175,14 @@ class LinearHead(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Linear(dec_dim, out_channels * patch_size**2)
 
-    def forward(self, tokens: list[Tensor], image_size: tuple[int, int]) -> Tensor:
-        h, w = image_size[0] // self.patch_size, image_size[1] // self.patch_size
-        x = self.proj(tokens[-1])
+    def forward(self, tokens: Sequence[Tensor | None], size: tuple[int, int]) -> Tensor:
+        """Raw ``(B, 4, H, W)`` map of images of ``size = (H, W)`` pixels from the last entry of ``tokens``, the
+        ``(B, N, C)`` normed last decoder layer (``N = (H / p) * (W / p)`` row-major)."""
+        last = tokens[-1]
+        if last is None:
+            raise Easi3RRuntimeError("linear head: the last decoder layer was not kept")
+        h, w = size[0] // self.patch_size, size[1] // self.patch_size
+        x = self.proj(last)
+        # Not einops: see DPTHead.forward (the strides of a size-1 batch, hence the kernels after, would change).
         x = x.transpose(-1, -2).reshape(x.shape[0], -1, h, w)
         return F.pixel_shuffle(x, self.patch_size)

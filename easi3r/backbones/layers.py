@@ -1,33 +1,31 @@
 """Transformer layers of the DUSt3R / CroCo network: patch embedding, 2-D RoPE, attention, blocks.
 
-Every attention runs through :func:`attention`, which has two interchangeable paths:
+They follow the official ``croco/models/blocks.py`` (``Attention``, ``CrossAttention``, ``Mlp``, ``Block``,
+``DecoderBlock``), ``croco/models/pos_embed.py`` (``RoPE2D``) and ``dust3r/patch_embed.py`` (``PatchEmbedDust3R``),
+with the same state-dict names. Every attention runs through :func:`attention`, whose path each layer fixes when it is
+built (``fused``):
 
 * ``fused=True`` (default): :func:`torch.nn.functional.scaled_dot_product_attention`; no ``N x N`` matrix is
-  ever held by this code.
-* ``fused=False``: the explicit reference (logits, softmax, product with the values), as the official code does.
+  ever held by this code. Easi3R's re-weighting runs as :func:`easi3r.backbones.reweight.reweighted_attention`.
+* ``fused=False``: the explicit reference (logits, softmax, product with the values) of
+  :func:`easi3r.backbones._reference.reference_attention`, as the official code computes it.
 
-Easi3R needs two things from inside the decoder, both available on the fused path:
-
-* the **readout** (a probe passed into the decoder, see :class:`AttentionProbe`): the pre-softmax scores averaged
-  over the query tokens. Because the mean is linear,
-
-  .. math:: \\frac{1}{N_q}\\sum_q \\frac{q\\cdot k}{\\sqrt d} = \\frac{\\bar q \\cdot k}{\\sqrt d},
-            \\qquad \\bar q = \\frac{1}{N_q}\\sum_q q,
-
-  which costs ``O(N)`` memory per layer instead of ``O(N^2)``.
-* the **re-weighting** of the second pass: post-softmax probabilities of (static query, dynamic key) entries are set to
-  zero *without renormalisation*. For a static query this equals ordinary attention over values whose dynamic keys are
-  zeroed (the softmax denominator still includes them), so the fused path evaluates attention once over
-  ``[v, v * static_key]`` and picks, per query, the half that applies.
+The readout is taken by a probe passed into the cross-attention (:data:`~easi3r.backbones.base.AttentionProbe`,
+:class:`~easi3r.backbones.base.CrossAttentionReadout`), on either path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
+
+from .._checks import check_shape
+from ..errors import CheckpointError, Easi3RInputError
+from ._reference import reference_attention
+from .base import AttentionProbe
+from .reweight import TokenMasks, reweighted_attention
 
 __all__ = [
     "AttentionProbe",
@@ -39,12 +37,9 @@ __all__ = [
     "RoPE2D",
     "SelfAttention",
     "attention",
+    "check_head_dim",
     "grid_positions",
 ]
-
-#: Called by a cross-attention layer with its rotated queries ``(B, heads, Nq, D)``, keys ``(B, heads, Nk, D)`` and
-#: the logit scale. The decoder binds the branch and layer index before handing it to a block.
-AttentionProbe = Callable[[Tensor, Tensor, float], None]
 
 
 def grid_positions(h: int, w: int, batch: int, device: torch.device | str | None = None) -> Tensor:
@@ -52,14 +47,26 @@ def grid_positions(h: int, w: int, batch: int, device: torch.device | str | None
 
     Returns:
         ``(batch, h*w, 2)`` int64 with ``pos[b, n] = (n // w, n % w)``: index 0 is the row (y), index 1 the column (x).
+
+    Example:
+        >>> grid_positions(2, 3, 1)[0].tolist()
+        [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
     """
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     pos = torch.stack([ys.reshape(-1), xs.reshape(-1)], dim=-1)
     return pos.unsqueeze(0).expand(batch, -1, -1)
 
 
+def check_head_dim(dim: int, heads: int) -> None:
+    """Raise :class:`CheckpointError` if ``dim`` does not split into RoPE-compatible heads (head dim divisible by 4)."""
+    if dim % heads or (dim // heads) % 4:
+        raise CheckpointError(
+            f"embedding dim {dim} with {heads} heads gives head dim {dim / heads}, need a multiple of 4"
+        )
+
+
 class RoPE2D(nn.Module):
-    """2-D rotary position embedding of CroCo ("RoPE100").
+    """2-D rotary position embedding of CroCo ("RoPE100", official ``croco/models/pos_embed.py`` ``RoPE2D``).
 
     The head dimension ``D`` is split in two halves; the first is rotated by the row (y) position, the second by the
     column (x) position. Within a half of size ``D' = D/2`` the pairs ``(t[k], t[k + D'/2])`` are rotated by the angle
@@ -73,7 +80,7 @@ class RoPE2D(nn.Module):
     def __init__(self, base: float = 100.0) -> None:
         super().__init__()
         self.base = float(base)
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._cache: dict[tuple[int, int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def _tables(self, dim: int, n_pos: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = (dim, n_pos, device, dtype)
@@ -98,7 +105,7 @@ class RoPE2D(nn.Module):
         """Rotate ``tokens (B, heads, N, D)`` by ``positions (B, N, 2)`` (int64, (y, x)); D must be a multiple of 4."""
         dim = tokens.shape[-1]
         if dim % 4:
-            raise ValueError(f"RoPE2D needs a head dimension divisible by 4, got {dim}")
+            raise CheckpointError(f"RoPE2D needs a head dimension divisible by 4, got {dim}")
         half = dim // 2
         cos, sin = self._tables(half, int(positions.max()) + 1, tokens.device, tokens.dtype)
         y, x = tokens[..., :half], tokens[..., half:]
@@ -108,14 +115,7 @@ class RoPE2D(nn.Module):
 
 
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    scale: float,
-    query_dynamic: Tensor | None = None,
-    key_dynamic: Tensor | None = None,
-    fused: bool = True,
+    q: Tensor, k: Tensor, v: Tensor, *, scale: float, reweight: TokenMasks | None = None, fused: bool = True
 ) -> Tensor:
     """Softmax attention with Easi3R's optional re-weighting.
 
@@ -124,67 +124,81 @@ def attention(
         k: ``(B, heads, Nk, D)`` keys (RoPE applied).
         v: ``(B, heads, Nk, Dv)`` values.
         scale: logit scale, ``D ** -0.5``.
-        query_dynamic: ``(B, Nq)`` bool, True where the query token is dynamic. Re-weighting is applied only when both
-            masks are given.
-        key_dynamic: ``(B, Nk)`` bool, True where the key token is dynamic.
+        reweight: ``(B, Nq)`` / ``(B, Nk)`` bool dynamic query / key tokens (True = dynamic), or None.
         fused: use ``scaled_dot_product_attention`` (True) or the explicit reference (False).
 
     Returns:
-        ``(B, heads, Nq, Dv)``. With masks, a static query's probabilities on dynamic keys are zero and the remaining
-        ones are **not** renormalised (pipeline.md §2).
+        ``(B, heads, Nq, Dv)``. With ``reweight``, a static query's probabilities on dynamic keys are zero and the
+        remaining ones are **not** renormalised (paper Sec. 3.3, :mod:`easi3r.backbones.reweight`).
     """
-    masked = query_dynamic is not None and key_dynamic is not None
     if not fused:
-        probs = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
-        if masked:
-            drop = (~query_dynamic)[:, None, :, None] & key_dynamic[:, None, None, :]
-            probs = probs.masked_fill(drop, 0.0)
-        return probs @ v
-    if not masked:
+        return reference_attention(q, k, v, scale=scale, masks=reweight)
+    if reweight is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    # One pass over [v | v with dynamic keys zeroed]: the left half is the plain output (dynamic queries), the
-    # right half is the re-weighted one (static queries).
-    v_static = v * (~key_dynamic)[:, None, :, None].to(v.dtype)
-    both = F.scaled_dot_product_attention(q, k, torch.cat((v, v_static), dim=-1), scale=scale)
-    plain, reweighted = both.split(v.shape[-1], dim=-1)
-    return torch.where(query_dynamic[:, None, :, None], plain, reweighted)
+    return reweighted_attention(q, k, v, scale=scale, masks=reweight)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with 2-D RoPE (state-dict names ``qkv``, ``proj``)."""
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    return rearrange(x, "b n (h d) -> b h n d", h=heads)
 
-    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None) -> None:
+
+def _merge_heads(x: Tensor) -> Tensor:
+    return rearrange(x, "b h n d -> b n (h d)")
+
+
+class _MultiHeadAttention(nn.Module):
+    """What the self- and cross-attention share: heads, logit scale, the RoPE and the attention path.
+
+    Args:
+        dim: token width C. num_heads: heads (``C / heads`` divisible by 4). rope: the shared RoPE, or None.
+        fused: SDPA (True) or the explicit reference attention (False).
+    """
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None, *, fused: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
+        self.rope = rope  # no parameters: the state-dict names and order are those of the subclasses' layers
+        self.fused = fused
+
+    def _rotate(self, q: Tensor, k: Tensor, qpos: Tensor, kpos: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rope is None:
+            return q, k
+        return self.rope(q, qpos), self.rope(k, kpos)
+
+
+class SelfAttention(_MultiHeadAttention):
+    """Multi-head self-attention with 2-D RoPE (official ``Attention``; state-dict names ``qkv``, ``proj``).
+
+    Args: see :class:`_MultiHeadAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None, *, fused: bool = True) -> None:
+        super().__init__(dim, num_heads, rope, fused=fused)
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
-        self.rope = rope
-        self.fused = True
 
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
         """``x (B, N, C)``, ``pos (B, N, 2)`` -> ``(B, N, C)``."""
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        if self.rope is not None:
-            q, k = self.rope(q, pos), self.rope(k, pos)
-        out = attention(q, k, v, scale=self.scale, fused=self.fused)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        q, k = self._rotate(q, k, pos, pos)
+        out: Tensor = self.proj(_merge_heads(attention(q, k, v, scale=self.scale, fused=self.fused)))
+        return out
 
 
-class CrossAttention(nn.Module):
-    """Multi-head cross-attention with 2-D RoPE (state-dict names ``projq``, ``projk``, ``projv``, ``proj``)."""
+class CrossAttention(_MultiHeadAttention):
+    """Multi-head cross-attention with 2-D RoPE (official ``CrossAttention``; state-dict names ``projq``, ``projk``,
+    ``projv``, ``proj``).
 
-    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
+    Args: see :class:`_MultiHeadAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None, *, fused: bool = True) -> None:
+        super().__init__(dim, num_heads, rope, fused=fused)
         self.projq = nn.Linear(dim, dim)
         self.projk = nn.Linear(dim, dim)
         self.projv = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.rope = rope
-        self.fused = True
 
     def forward(
         self,
@@ -195,31 +209,26 @@ class CrossAttention(nn.Module):
         kpos: Tensor,
         *,
         probe: AttentionProbe | None = None,
-        query_dynamic: Tensor | None = None,
-        key_dynamic: Tensor | None = None,
+        reweight: TokenMasks | None = None,
     ) -> Tensor:
         """``query (B, Nq, C)``, ``key``/``value (B, Nk, C)``, positions ``(B, N, 2)`` -> ``(B, Nq, C)``.
 
-        ``probe`` receives the rotated q and k (see :data:`AttentionProbe`); the masks enable re-weighting.
+        ``probe`` receives the rotated q and k (see :data:`~easi3r.backbones.base.AttentionProbe`); ``reweight``
+        (dynamic query / key tokens) enables the re-weighting.
         """
-        b, nq, c = query.shape
-        nk = key.shape[1]
-        d = c // self.num_heads
-        q = self.projq(query).reshape(b, nq, self.num_heads, d).transpose(1, 2)
-        k = self.projk(key).reshape(b, nk, self.num_heads, d).transpose(1, 2)
-        v = self.projv(value).reshape(b, nk, self.num_heads, d).transpose(1, 2)
-        if self.rope is not None:
-            q, k = self.rope(q, qpos), self.rope(k, kpos)
+        q = _split_heads(self.projq(query), self.num_heads)
+        k = _split_heads(self.projk(key), self.num_heads)
+        v = _split_heads(self.projv(value), self.num_heads)
+        q, k = self._rotate(q, k, qpos, kpos)
         if probe is not None:
             probe(q, k, self.scale)
-        out = attention(
-            q, k, v, scale=self.scale, query_dynamic=query_dynamic, key_dynamic=key_dynamic, fused=self.fused
-        )
-        return self.proj(out.transpose(1, 2).reshape(b, nq, c))
+        out = attention(q, k, v, scale=self.scale, reweight=reweight, fused=self.fused)
+        projected: Tensor = self.proj(_merge_heads(out))
+        return projected
 
 
 class Mlp(nn.Module):
-    """``fc1 -> GELU (erf) -> fc2``."""
+    """``fc1 -> GELU (erf) -> fc2`` (official ``Mlp``)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -228,7 +237,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        out: Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
 def _norm(dim: int) -> nn.LayerNorm:
@@ -236,32 +246,35 @@ def _norm(dim: int) -> nn.LayerNorm:
 
 
 class Block(nn.Module):
-    """Pre-norm ViT encoder block: ``x += attn(norm1(x)); x += mlp(norm2(x))``."""
+    """Pre-norm ViT encoder block (official ``Block``): ``x += attn(norm1(x)); x += mlp(norm2(x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: RoPE2D | None) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: RoPE2D | None, *, fused: bool = True) -> None:
         super().__init__()
         self.norm1 = _norm(dim)
-        self.attn = SelfAttention(dim, num_heads, rope)
+        self.attn = SelfAttention(dim, num_heads, rope, fused=fused)
         self.norm2 = _norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        """``x (B, N, C)``, ``pos (B, N, 2)`` -> ``(B, N, C)``."""
         x = x + self.attn(self.norm1(x), pos)
-        return x + self.mlp(self.norm2(x))
+        out: Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class DecoderBlock(nn.Module):
-    """CroCo decoder block: self-attention, cross-attention to the other view, MLP (all pre-norm).
+    """CroCo decoder block (official ``DecoderBlock``): self-attention, cross-attention to the other view, MLP (all
+    pre-norm).
 
     The other view's tokens ``y`` are normalised by ``norm_y`` (``norm_im2_in_dec=True`` in every checkpoint).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: RoPE2D | None) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, rope: RoPE2D | None, *, fused: bool = True) -> None:
         super().__init__()
         # Registration order fixes the state-dict key order of the official checkpoints.
         self.norm1 = _norm(dim)
-        self.attn = SelfAttention(dim, num_heads, rope)
-        self.cross_attn = CrossAttention(dim, num_heads, rope)
+        self.attn = SelfAttention(dim, num_heads, rope, fused=fused)
+        self.cross_attn = CrossAttention(dim, num_heads, rope, fused=fused)
         self.norm2 = _norm(dim)
         self.norm3 = _norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -275,20 +288,19 @@ class DecoderBlock(nn.Module):
         ypos: Tensor,
         *,
         probe: AttentionProbe | None = None,
-        query_dynamic: Tensor | None = None,
-        key_dynamic: Tensor | None = None,
+        reweight: TokenMasks | None = None,
     ) -> Tensor:
-        """Update ``x (B, Nx, C)`` given the other view ``y (B, Ny, C)``; returns the new ``x``."""
+        """Update ``x (B, Nx, C)`` given the other view ``y (B, Ny, C)`` (positions ``(B, N, 2)``); returns the new
+        ``x``. ``probe`` and ``reweight`` go to the cross-attention (queries from ``x``, keys from ``y``)."""
         x = x + self.attn(self.norm1(x), xpos)
         y_ = self.norm_y(y)
-        x = x + self.cross_attn(
-            self.norm2(x), y_, y_, xpos, ypos, probe=probe, query_dynamic=query_dynamic, key_dynamic=key_dynamic
-        )
-        return x + self.mlp(self.norm3(x))
+        x = x + self.cross_attn(self.norm2(x), y_, y_, xpos, ypos, probe=probe, reweight=reweight)
+        out: Tensor = x + self.mlp(self.norm3(x))
+        return out
 
 
 class PatchEmbed(nn.Module):
-    """16x16 patch embedding (``proj``) that keeps the image orientation (``PatchEmbedDust3R``).
+    """16x16 patch embedding (``proj``) that keeps the image orientation (official ``PatchEmbedDust3R``).
 
     Portrait images are embedded as they are, on their true ``(H/16, W/16)`` grid: the official inference loaders use
     this class (``landscape_only=False``) and the training-time ``ManyAR_PatchEmbed`` computes the same tokens.
@@ -300,16 +312,14 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """``images (B, 3, H, W)`` -> tokens ``(B, N, C)`` and positions ``(B, N, 2)``."""
-        b, _, h, w = images.shape
-        p = self.patch_size
+        """``images (B, 3, H, W)`` -> tokens ``(B, N, C)`` and positions ``(B, N, 2)``.
+
+        Raises:
+            Easi3RInputError: not ``(B, 3, H, W)``, or ``H`` / ``W`` not a multiple of the patch size.
+        """
+        dims = check_shape(images, "B 3 H W", "images")
+        b, h, w, p = dims["B"], dims["H"], dims["W"], self.patch_size
         if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
-        tokens = self.proj(images).flatten(2).transpose(1, 2)
+            raise Easi3RInputError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        tokens = rearrange(self.proj(images), "b c h w -> b (h w) c")
         return tokens, grid_positions(h // p, w // p, b, images.device)
-
-
-def check_head_dim(dim: int, heads: int) -> None:
-    """Raise if ``dim`` does not split into RoPE-compatible heads (head dim divisible by 4)."""
-    if dim % heads or (dim // heads) % 4:
-        raise ValueError(f"embedding dim {dim} with {heads} heads gives head dim {dim / heads}, need a multiple of 4")

@@ -16,13 +16,15 @@ The weights are CC BY-NC-SA 4.0 (non-commercial), by NAVER LABS Europe (DUSt3R) 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..device import resolve_device
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from .base import Backbone
 from .checkpoint import read_checkpoint
 from .dust3r import DUSt3R, DUSt3RConfig
@@ -81,13 +83,21 @@ def list_backbones() -> list[str]:
     return sorted(PRETRAINED)
 
 
-def create_backbone(architecture: str | DUSt3RConfig = "dust3r") -> DUSt3R:
-    """A randomly initialised network of a registry name's (or a config's) architecture. No download."""
+def create_backbone(
+    architecture: str | DUSt3RConfig = "dust3r", *, head_chunk_size: int | None = 1, fused_attention: bool = True
+) -> DUSt3R:
+    """A randomly initialised network of a registry name's (or a config's) architecture. No download.
+
+    ``head_chunk_size`` and ``fused_attention`` are passed to :class:`~easi3r.backbones.dust3r.DUSt3R`.
+
+    Raises:
+        CheckpointError: unknown registry name.
+    """
     if isinstance(architecture, str):
         if architecture not in PRETRAINED:
             raise CheckpointError(f"unknown backbone {architecture!r}; known: {', '.join(list_backbones())}")
         architecture = PRETRAINED[architecture].architecture
-    return DUSt3R(architecture)
+    return DUSt3R(architecture, head_chunk_size=head_chunk_size, fused_attention=fused_attention)
 
 
 def _shared_names(model: torch.nn.Module) -> dict[str, list[str]]:
@@ -128,7 +138,7 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
     model.load_state_dict({k: sd[k].to(v.dtype) for k, v in expected.items()}, strict=True)
 
 
-def _from_files(path: Path, architecture: DUSt3RConfig | None) -> DUSt3R:
+def _from_files(path: Path, architecture: DUSt3RConfig | None, build: Callable[[DUSt3RConfig], DUSt3R]) -> DUSt3R:
     config, state_dict = read_checkpoint(path)
     if config is not None:
         arch = DUSt3RConfig.from_official(config)
@@ -136,7 +146,7 @@ def _from_files(path: Path, architecture: DUSt3RConfig | None) -> DUSt3R:
         arch = architecture
     else:
         raise CheckpointError(f"{path}: the checkpoint carries no model configuration; pass architecture=")
-    model = DUSt3R(arch)
+    model = build(arch)
     load_weights(model, state_dict, source=str(path))
     return model
 
@@ -154,16 +164,18 @@ def _download(repo_id: str) -> Path:
         hint = " (HF_HUB_OFFLINE is set and the files are not in the cache)" if offline else ""
         raise CheckpointError(
             f"could not fetch {repo_id!r} from the Hugging Face hub{hint}: {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}; pass a local .pth/.safetensors path to work offline"
+            f"{first_line(err)}; pass a local .pth/.safetensors path to work offline"
         ) from None
     return Path(config).parent
 
 
 def load_backbone(
-    source: str | os.PathLike | Backbone = "dust3r",
+    source: str | os.PathLike[str] | Backbone = "dust3r",
     device: str | torch.device | None = None,
     *,
     architecture: DUSt3RConfig | None = None,
+    head_chunk_size: int | None = 1,
+    fused_attention: bool = True,
 ) -> Backbone:
     """Resolve ``source`` to a ready, eval-mode :class:`Backbone` on ``device`` (None: CUDA when available).
 
@@ -171,6 +183,8 @@ def load_backbone(
         source: registry name, hub repo id, local ``.pth`` / ``.safetensors`` / folder, or a Backbone instance.
         device: target device.
         architecture: network configuration for a bare state dict that carries none.
+        head_chunk_size, fused_attention: options of the :class:`~easi3r.backbones.dust3r.DUSt3R` built from a
+            checkpoint (not applied to a Backbone instance, which is returned as it is).
 
     Raises:
         CheckpointError: unknown name, unreachable hub, unsafe or mismatching checkpoint.
@@ -180,13 +194,14 @@ def load_backbone(
         return source.to(dev)
     if not isinstance(source, (str, os.PathLike)):
         raise CheckpointError(f"backbone source must be a name, path, hub id or Backbone, got {type(source).__name__}")
+    build = partial(DUSt3R, head_chunk_size=head_chunk_size, fused_attention=fused_attention)
     path = Path(source).expanduser()
     if path.exists():
-        model = _from_files(path, architecture)
+        model = _from_files(path, architecture, build)
     elif str(source) in PRETRAINED:
-        model = _from_files(_download(PRETRAINED[str(source)].hub_id), architecture)
+        model = _from_files(_download(PRETRAINED[str(source)].hub_id), architecture, build)
     elif "/" in str(source) and not str(source).startswith((".", "/", "~")) and str(source).count("/") == 1:
-        model = _from_files(_download(str(source)), architecture)
+        model = _from_files(_download(str(source)), architecture, build)
     else:
         raise CheckpointError(
             f"backbone {str(source)!r} is neither an existing path, a registry name ({', '.join(list_backbones())}) "
