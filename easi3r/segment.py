@@ -372,38 +372,39 @@ class Segmentation:
 
 def segment(
     attention: AttentionAccumulator,
-    features: Tensor,
+    labels: Tensor,
     size: tuple[int, int],
     *,
-    clusters: int = 64,
-    seed: int = 42,
     threshold: str | float = "multiotsu",
     progress: bool = False,
     desc: str = "segment",
 ) -> Segmentation:
-    """Attention statistics -> fused maps -> dynamic map -> cluster fusion -> thresholded masks.
+    """Attention statistics -> fused maps (Eq. 5-8) -> dynamic map (Eq. 9) -> cluster fusion -> thresholded masks.
+
+    The k-means labels are an input (:func:`cluster_labels` of the encoder features), so that a video's clusters
+    are computed once and shared by both passes; :func:`cluster_fuse` is labels and scores in one call.
 
     Args:
         attention: the accumulator of a pass.
-        features: ``(T, h, w, C)`` encoder features (k-means input).
+        labels: ``(T, h, w)`` integer k-means labels of the tokens (:func:`cluster_labels`).
         size: ``(H, W)`` of the masks, in pixels.
-        clusters, seed, threshold: see :class:`~easi3r.config.Easi3RConfig`.
-        progress: a three-step bar (fusion, k-means, threshold).
+        threshold: ``"multiotsu"``, ``"otsu"`` or a number in ``[0, 1]`` (see :func:`compute_masks`).
+        progress: a three-step bar (fusion, cluster scores, threshold).
         desc: the bar's label.
 
     Returns:
-        The :class:`Segmentation` (tensors on CPU).
+        The :class:`Segmentation` (on the accumulator's device; CPU by default).
 
     Raises:
-        Easi3RInputError: a frame without pairs in a role, features not of the attention grid, a bad threshold.
+        Easi3RInputError: a frame without pairs in a role, labels not of the attention grid, a bad threshold.
     """
     with tqdm(total=3, desc=desc, unit="step", disable=not progress, leave=False) as bar:
         bar.set_postfix_str("fusing attention")
         fused = fuse_attention(attention.stats())
         dyn = dynamic_map(fused)
         bar.update()
-        bar.set_postfix_str(f"k-means ({clusters} clusters)")
-        refined, labels = cluster_fuse(dyn, features.float().cpu(), n_clusters=clusters, random_state=seed)
+        bar.set_postfix_str("cluster scores")
+        refined = cluster_scores(dyn, labels.to(dyn.device))
         bar.update()
         bar.set_postfix_str("threshold")
         masks, chosen = compute_masks(refined, size, threshold)

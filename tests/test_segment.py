@@ -236,17 +236,18 @@ def test_segment_composite_on_synthetic_attention() -> None:
     acc = AttentionAccumulator(4, (4, 6), 5)
     acc.add(edges, torch.randn(len(edges), 4, 6, 5, generator=g), torch.randn(len(edges), 4, 6, 5, generator=g))
     feats = torch.randn(4, 4, 6, 3, generator=g)
-    seg = segment(acc, feats, (16, 24), clusters=5, threshold=0.5)
+    labels = cluster_labels(feats, n_clusters=5)
+    seg = segment(acc, labels, (16, 24), threshold=0.5)
     assert isinstance(seg, Segmentation) and seg.masks.shape == (4, 16, 24) and seg.masks.dtype == torch.bool
     fused = fuse_attention(acc.stats())
     torch.testing.assert_close(seg.dynamic_map, dynamic_map(fused), rtol=0, atol=0)
-    refined, labels = cluster_fuse(seg.dynamic_map, feats, n_clusters=5)
+    refined, labels_again = cluster_fuse(seg.dynamic_map, feats, n_clusters=5)
     torch.testing.assert_close(seg.refined, refined, rtol=0, atol=0)
-    assert torch.equal(seg.labels, labels)
+    assert torch.equal(seg.labels, labels) and torch.equal(labels_again, labels)
     masks, res = compute_masks(refined, (16, 24), 0.5)
     assert torch.equal(seg.masks, masks) and seg.threshold == res
-    with pytest.raises(Easi3RInputError, match="features"):
-        segment(acc, feats[:, :3], (16, 24), clusters=5)
+    with pytest.raises(Easi3RInputError, match="labels must have shape"):
+        segment(acc, labels[:, :3], (16, 24))
 
 
 def test_input_checks_are_typed_one_line_errors() -> None:
