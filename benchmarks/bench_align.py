@@ -7,7 +7,7 @@ iterations (loss + backward + step) are timed with
 * ``vectorised``: :class:`easi3r.align.PointmapAligner` (all edges at once, streamed over pixel blocks, gradient
   formed in the forward pass);
 * ``loop``: the same loss written the straightforward way, one edge at a time with autograd (the reference's
-  non-batch form), on the same aligner state.
+  non-batch form, :func:`easi3r.align._reference.alignment_loss_loop`), on the same aligner state.
 
 Both give the same loss value (checked). Each (implementation, T) case runs in its own subprocess so that memory
 figures do not mix. Memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation before the
@@ -34,7 +34,8 @@ import time
 import torch
 
 from easi3r.align import PointmapAligner
-from easi3r.align.geometry import encode_rotation_translation, signed_log1p
+from easi3r.align._reference import alignment_loss_loop
+from easi3r.align.geometry import encode_rotation_translation
 from easi3r.config import AlignConfig
 from easi3r.pairs import make_pairs
 
@@ -61,24 +62,24 @@ def make_problem(n: int, height: int, width: int, window: int, device: str, seed
     cam = rays[None] * depth[..., None]  # (T, H, W, 3)
     edges = make_pairs(n, "swinstride", window).tolist()
     p = len(edges)
-    pts_i = torch.empty(p, height, width, 3)
-    pts_j = torch.empty(p, height, width, 3)
-    conf_i = torch.empty(p, height, width)
-    conf_j = torch.empty(p, height, width)
+    pts_1 = torch.empty(p, height, width, 3)
+    pts_2 = torch.empty(p, height, width, 3)
+    conf_1 = torch.empty(p, height, width)
+    conf_2 = torch.empty(p, height, width)
     scales = torch.exp(torch.empty(p).uniform_(-0.5, 0.5, generator=g))
     for e, (i, j) in enumerate(edges):  # one edge at a time keeps the generation peak near the data size
         rel = torch.linalg.inv(poses[i]) @ poses[j]
-        pts_i[e] = cam[i] * scales[e] * (1 + 0.003 * torch.randn(height, width, 1, generator=g))
-        pts_j[e] = (cam[j] @ rel[:3, :3].T + rel[:3, 3]) * scales[e] + 0.01 * torch.randn(height, width, 3, generator=g)
-        conf_i[e] = 1 + torch.exp(1 + 0.3 * torch.randn(height, width, generator=g))
-        conf_j[e] = 1 + torch.exp(0.8 + 0.3 * torch.randn(height, width, generator=g))
+        pts_1[e] = cam[i] * scales[e] * (1 + 0.003 * torch.randn(height, width, 1, generator=g))
+        pts_2[e] = (cam[j] @ rel[:3, :3].T + rel[:3, 3]) * scales[e] + 0.01 * torch.randn(height, width, 3, generator=g)
+        conf_1[e] = 1 + torch.exp(1 + 0.3 * torch.randn(height, width, generator=g))
+        conf_2[e] = 1 + torch.exp(0.8 + 0.3 * torch.randn(height, width, generator=g))
     dev = torch.device(device)
     return {
         "edges": torch.tensor(edges, device=dev),
-        "pts_i": pts_i.to(dev),
-        "pts_j": pts_j.to(dev),
-        "conf_i": conf_i.to(dev),
-        "conf_j": conf_j.to(dev),
+        "pts_1": pts_1.to(dev),
+        "pts_2": pts_2.to(dev),
+        "conf_1": conf_1.to(dev),
+        "conf_2": conf_2.to(dev),
         "poses": poses,
         "depth": depth,
         "scales": scales,
@@ -104,19 +105,6 @@ def set_state_near_truth(al: PointmapAligner, prob: dict, seed: int = 1) -> None
     al.pw_params.data[:] = pw.to(dev)
     for p in (al.log_depth, al.pose_params, al.pw_params):
         p.data += 1e-3 * torch.randn(p.shape, generator=g).to(dev)
-    assert signed_log1p is not None
-
-
-def loop_loss(al: PointmapAligner, log_conf_i: list[torch.Tensor], log_conf_j: list[torch.Tensor]) -> torch.Tensor:
-    """The alignment loss, one edge at a time (the reference's non-batch form)."""
-    world = al.get_pts3d().reshape(al.n_frames, -1, 3)
-    pw = al.get_pw_poses()
-    li = lj = 0.0
-    for e, (i, j) in enumerate(al.edges.tolist()):
-        rot, trans = pw[e, :3, :3], pw[e, :3, 3]
-        li = li + ((world[i] - (al.pred_i[e] @ rot.T + trans)).norm(dim=-1) * log_conf_i[e]).mean()
-        lj = lj + ((world[j] - (al.pred_j[e] @ rot.T + trans)).norm(dim=-1) * log_conf_j[e]).mean()
-    return (li + lj) / al.n_edges
 
 
 def _rss_kb(field: str) -> int:
@@ -143,13 +131,13 @@ def worker(impl: str, n: int, args: argparse.Namespace) -> dict:
     prob = make_problem(n, args.height, args.width, args.window, args.device)
     gen_s = time.perf_counter() - t0
     al = PointmapAligner(
-        prob["edges"], prob["pts_i"], prob["pts_j"], prob["conf_i"], prob["conf_j"], config=AlignConfig(flow_weight=0.0)
+        prob["edges"], prob["pts_1"], prob["pts_2"], prob["conf_1"], prob["conf_2"], config=AlignConfig(flow_weight=0.0)
     )
     set_state_near_truth(al, prob)
     if impl == "loop":
-        log_i = [c.log().reshape(-1) for c in al.conf_i]
-        log_j = [c.log().reshape(-1) for c in al.conf_j]
-        loss_fn = lambda: loop_loss(al, log_i, log_j)  # noqa: E731
+        log_1 = al.conf_1.log().reshape(al.n_edges, -1)
+        log_2 = al.conf_2.log().reshape(al.n_edges, -1)
+        loss_fn = lambda: alignment_loss_loop(al, log_1, log_2)  # noqa: E731
     else:
         loss_fn = lambda: al(0)  # noqa: E731
     with torch.no_grad():
@@ -186,7 +174,7 @@ def worker(impl: str, n: int, args: argparse.Namespace) -> dict:
     else:
         extra = _rss_kb("VmHWM") * 1024 - base if hwm_ok else -1
         how = "VmHWM after clear_refs" if hwm_ok else "unavailable"
-    inputs = sum(t.numel() * t.element_size() for t in (al.pred_i, al.pred_j, al.conf_i, al.conf_j))
+    inputs = sum(t.numel() * t.element_size() for t in (al.pred_1, al.pred_2, al.conf_1, al.conf_2))
     return {
         "impl": impl,
         "T": n,

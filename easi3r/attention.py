@@ -1,20 +1,26 @@
-"""Per-frame aggregation of cross-attention maps, channel fusion and the dynamic map (Eq. 9).
+"""Per-frame aggregation of cross-attention maps, channel fusion and the dynamic map (Easi3R Eq. 5-9).
 
-The backbone gives, for every pair (edge) ``(i, j)`` (view 1 = frame ``i``, view 2 = frame ``j``), two
-query-averaged cross-attention logit maps of shape ``(h, w, C)`` (``C`` = decoder layers x heads):
+The backbone gives, for every pair (edge) ``(i, j)`` (view 1 = frame ``i``, the reference; view 2 = frame ``j``,
+the source), two query-averaged cross-attention logit maps of shape ``(h, w, C)`` (``C`` = decoder layers x
+heads):
 
 * ``cross_attn_1``: reference-decoder map, indexed by view-2 key tokens, so it lives on frame ``j``'s grid.
   Collected over all edges ``(., t)`` it forms the **src** group of frame ``t`` (official ``cross_att_k_i``).
 * ``cross_attn_2``: source-decoder map, indexed by view-1 key tokens, so it lives on frame ``i``'s grid.
   Collected over all edges ``(t, .)`` it forms the **ref** group of frame ``t`` (official ``cross_att_k_j``).
 
-Per group the mean and the unbiased standard deviation over the pairs are taken (after the corner-token fix),
-each of the four ``(T, h, w, C)`` statistics is fused over channels (global min-max, channel mean, global
-min-max) and the dynamic map is ``(1 - A_src_mu) * A_src_sigma * A_ref_mu * (1 - A_ref_sigma)`` normalised per
-frame (pipeline.md §3-§4).
+So the paper's four maps keep its src/ref names: **src** = the frame in its view-2 (source) role, role 0 of
+:class:`AttentionAccumulator`; **ref** = the frame in its view-1 (reference) role, role 1.
+
+Per group the mean and the unbiased standard deviation over the pairs are taken (after the corner-token fix;
+Eq. 5-8), each of the four ``(T, h, w, C)`` statistics is fused over channels (global min-max, channel mean,
+global min-max) and the dynamic map is Eq. 9, ``(1 - A_src_mu) * A_src_sigma * A_ref_mu * (1 - A_ref_sigma)``
+normalised per frame. Official counterparts: Easi3R ``dust3r/cloud_opt/base_opt.py``,
+``BasePCOptimizer.aggregate_attention_maps`` and the ``fuse_attention_channels`` / dynamic-map code of
+``BasePCOptimizer.__init__``.
 
 :class:`AttentionAccumulator` streams pair batches into per-frame statistics without keeping anything per
-pair; :func:`aggregate_attention` is the plain reference it is tested against.
+pair; ``easi3r._reference.aggregate_attention`` is the plain (private) reference it is tested against.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_dtype, check_shape
 from .errors import Easi3RInputError
 
 __all__ = [
@@ -35,7 +42,6 @@ __all__ = [
     "AttentionStats",
     "ChannelFusion",
     "FusedAttention",
-    "aggregate_attention",
     "channel_fusion",
     "dynamic_map",
     "fix_corner_token",
@@ -44,10 +50,13 @@ __all__ = [
     "minmax_normalize",
 ]
 
-#: Role names in the order of the first axis of :attr:`AttentionStats.counts`.
+#: Role names in the order of the first axis of :attr:`AttentionStats.counts`: src = the frame as view 2 (source),
+#: ref = the frame as view 1 (reference).
 ROLES = ("src", "ref")
 
 _EPS = 1e-6  # the official min-max denominators all add this constant
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -117,9 +126,13 @@ def fix_corner_token(maps: Tensor) -> Tensor:
 
     Returns:
         A new tensor of the same shape and dtype; the input is not modified.
+
+    Raises:
+        Easi3RInputError: fewer than 3 dimensions, or ``h < 2`` or ``w < 2``.
     """
-    if maps.ndim < 3 or maps.shape[-3] < 2 or maps.shape[-2] < 2:
-        raise Easi3RInputError(f"attention maps must be (..., h, w, C) with h, w >= 2, got {tuple(maps.shape)}")
+    dims = check_shape(maps, "* h w C", "attention maps")
+    if min(dims["h"], dims["w"]) < 2:
+        raise Easi3RInputError(f"attention maps must have h, w >= 2, got shape {tuple(maps.shape)}")
     out = maps.clone()
     out[..., 0, 0, :] = (maps[..., 0, 1, :] + maps[..., 1, 0, :]) / 2
     return out
@@ -127,10 +140,8 @@ def fix_corner_token(maps: Tensor) -> Tensor:
 
 def _as_edges(edges: Tensor | np.ndarray | Sequence[Sequence[int]], num_frames: int, device: torch.device) -> Tensor:
     e = torch.as_tensor(np.asarray(edges) if not isinstance(edges, Tensor) else edges)
-    if e.ndim != 2 or e.shape[1] != 2:
-        raise Easi3RInputError(f"edges must be (B, 2) frame indices, got shape {tuple(e.shape)}")
-    if e.dtype.is_floating_point or e.dtype == torch.bool:
-        raise Easi3RInputError(f"edges must hold integer frame indices, got dtype {e.dtype}")
+    check_shape(e, "B 2", "edges")
+    check_dtype(e, _INT_DTYPES, "edges")
     e = e.to(device=device, dtype=torch.long)
     if e.numel() and (int(e.min()) < 0 or int(e.max()) >= num_frames):
         raise Easi3RInputError(
@@ -139,14 +150,12 @@ def _as_edges(edges: Tensor | np.ndarray | Sequence[Sequence[int]], num_frames: 
     return e
 
 
-def _check_maps(name: str, maps: Tensor, batch: int, grid: tuple[int, int], channels: int) -> None:
+def _check_maps(name: str, maps: Tensor, dims: dict[str, int]) -> None:
+    """``maps`` must be a float ``(B, h, w, C)`` tensor with the sizes of ``dims``."""
     if not isinstance(maps, Tensor):
         raise Easi3RInputError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
-    expected = (batch, *grid, channels)
-    if tuple(maps.shape) != expected:
-        raise Easi3RInputError(f"{name} must have shape (B, h, w, C) = {expected}, got {tuple(maps.shape)}")
-    if not maps.dtype.is_floating_point:
-        raise Easi3RInputError(f"{name} must be a floating-point tensor, got {maps.dtype}")
+    check_shape(maps, "B h w C", name, dims=dims)
+    check_dtype(maps, _FLOAT_DTYPES, name)
 
 
 def _finish_std(m2: Tensor, counts: Tensor) -> Tensor:
@@ -271,11 +280,15 @@ class AttentionAccumulator:
             edges: ``(B, 2)`` integer ``(view-1 frame i, view-2 frame j)`` per pair.
             cross_attn_1: ``(B, h, w, C)`` reference-decoder maps on frame ``j``'s grid (src role of ``j``).
             cross_attn_2: ``(B, h, w, C)`` source-decoder maps on frame ``i``'s grid (ref role of ``i``).
+
+        Raises:
+            Easi3RInputError: edges that are not ``(B, 2)`` integer frame indices, or maps of the wrong shape/dtype.
         """
         e = _as_edges(edges, self.num_frames, self.device)
+        dims = {"B": e.shape[0], "h": self.grid[0], "w": self.grid[1], "C": self.channels}
+        _check_maps("cross_attn_1", cross_attn_1, dims)
+        _check_maps("cross_attn_2", cross_attn_2, dims)
         b = e.shape[0]
-        _check_maps("cross_attn_1", cross_attn_1, b, self.grid, self.channels)
-        _check_maps("cross_attn_2", cross_attn_2, b, self.grid, self.channels)
         if b == 0:
             return
         self._update(0, e[:, 1], cross_attn_1)
@@ -321,55 +334,6 @@ class AttentionAccumulator:
         )
 
 
-def aggregate_attention(
-    edges: Tensor | np.ndarray | Sequence[Sequence[int]],
-    maps1: Tensor | Sequence[Tensor],
-    maps2: Tensor | Sequence[Tensor],
-    num_frames: int,
-) -> AttentionStats:
-    """Plain reference aggregation: stack every group and call ``mean`` / ``std(unbiased)``.
-
-    Follows the official ``aggregate_attention_maps`` step by step (corner fix on the stacked group, then
-    mean and std over the pair axis) and computes in the maps' dtype. Keeps every map in memory; use
-    :class:`AttentionAccumulator` in the pipeline.
-
-    Args:
-        edges: ``(P, 2)`` integer ``(i, j)`` per pair.
-        maps1: ``(P, h, w, C)`` (or a list of ``(h, w, C)``) ``cross_attn_1`` maps (src role of ``j``).
-        maps2: ``(P, h, w, C)`` (or a list of ``(h, w, C)``) ``cross_attn_2`` maps (ref role of ``i``).
-        num_frames: ``T``.
-
-    Returns:
-        :class:`AttentionStats` (float32; a single-pair group gets std 0 with a warning).
-    """
-    m1 = maps1 if isinstance(maps1, Tensor) else torch.stack(list(maps1))
-    m2 = maps2 if isinstance(maps2, Tensor) else torch.stack(list(maps2))
-    if m1.ndim != 4 or m1.shape != m2.shape:
-        raise Easi3RInputError(
-            f"maps1 and maps2 must both be (P, h, w, C), got {tuple(m1.shape)} and {tuple(m2.shape)}"
-        )
-    e = _as_edges(edges, int(num_frames), torch.device("cpu"))
-    if e.shape[0] != m1.shape[0]:
-        raise Easi3RInputError(f"edges has {e.shape[0]} pairs but the maps have {m1.shape[0]}")
-    out: dict[str, list[Tensor]] = {"src_mean": [], "src_std": [], "ref_mean": [], "ref_std": []}
-    counts = torch.zeros(2, int(num_frames), dtype=torch.long)
-    for r, (role, maps, col) in enumerate((("src", m1, 1), ("ref", m2, 0))):
-        for t in range(int(num_frames)):
-            idx = torch.nonzero(e[:, col] == t).flatten().to(maps.device)
-            counts[r, t] = idx.numel()
-            group = maps[idx]  # (P_t, h, w, C)
-            if idx.numel() == 0:
-                out[f"{role}_mean"].append(torch.zeros_like(maps[0]))
-                out[f"{role}_std"].append(torch.zeros_like(maps[0]))
-                continue
-            group = fix_corner_token(group)
-            out[f"{role}_mean"].append(group.mean(0))
-            std = group.std(0) if idx.numel() > 1 else torch.zeros_like(group[0])
-            out[f"{role}_std"].append(std)
-    _check_counts(counts)
-    return AttentionStats(**{k: torch.stack(v).float() for k, v in out.items()}, counts=counts)
-
-
 def minmax_normalize(x: Tensor, dims: int | tuple[int, ...] | None = None, eps: float = _EPS) -> Tensor:
     """``(x - min) / (max - min + eps)`` over ``dims`` (all elements when None), as the official code.
 
@@ -383,9 +347,8 @@ def minmax_normalize(x: Tensor, dims: int | tuple[int, ...] | None = None, eps: 
 
 
 def channel_fusion(x: Tensor) -> ChannelFusion:
-    """:func:`fuse_channels` together with its intermediates (see :class:`ChannelFusion`)."""
-    if x.ndim != 4:
-        raise Easi3RInputError(f"channel fusion expects (T, h, w, C), got shape {tuple(x.shape)}")
+    """:func:`fuse_channels` together with its intermediates (see :class:`ChannelFusion`); ``x``: ``(T, h, w, C)``."""
+    check_shape(x, "T h w C", "channel fusion input")
     lo, hi = x.min(), x.max()
     xn = (x - lo) / (hi - lo + _EPS)
     fused = minmax_normalize(xn.mean(dim=-1))
@@ -393,10 +356,11 @@ def channel_fusion(x: Tensor) -> ChannelFusion:
 
 
 def fuse_channels(x: Tensor) -> Tensor:
-    """Fuse the layer x head channels of one statistic (pipeline.md §3).
+    """Fuse the layer x head channels of one statistic (the channel fusion under Easi3R Eq. 5-8).
 
     Global min-max over the whole tensor (``+1e-6``), mean over channels, global min-max again (``+1e-6``,
-    over all frames and tokens, not per frame).
+    over all frames and tokens, not per frame): official Easi3R ``dust3r/cloud_opt/base_opt.py``, the
+    ``fuse_attention_channels`` of ``BasePCOptimizer.__init__``.
 
     Args:
         x: ``(T, h, w, C)`` float.
@@ -408,7 +372,8 @@ def fuse_channels(x: Tensor) -> Tensor:
 
 
 def fuse_attention(stats: AttentionStats) -> FusedAttention:
-    """Fuse the channels of the four statistics into ``A_src_mu, A_src_sigma, A_ref_mu, A_ref_sigma``."""
+    """Fuse the channels of the four ``(T, h, w, C)`` statistics into the ``(T, h, w)`` maps ``A_src_mu,
+    A_src_sigma, A_ref_mu, A_ref_sigma`` (Eq. 5-8), with :func:`fuse_channels`."""
     return FusedAttention(
         src_mean=fuse_channels(stats.src_mean),
         src_std=fuse_channels(stats.src_std),
@@ -428,9 +393,12 @@ def dynamic_map(fused: FusedAttention) -> Tensor:
 
     Returns:
         ``(T, h, w)`` in ``[0, 1)``, same dtype and device; a constant frame gives zeros.
+
+    Raises:
+        Easi3RInputError: the four maps are not all ``(T, h, w)`` of one shape.
     """
-    shapes = {tuple(m.shape) for m in fused.as_dict().values()}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-        raise Easi3RInputError(f"fused maps must all be (T, h, w), got shapes {sorted(shapes)}")
+    dims: dict[str, int] = {}
+    for name, m in fused.as_dict().items():
+        dims = check_shape(m, "T h w", f"fused {name}", dims=dims)
     d = (1 - fused.src_mean) * fused.src_std * fused.ref_mean * (1 - fused.ref_std)
     return minmax_normalize(d, dims=(1, 2))

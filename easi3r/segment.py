@@ -1,10 +1,14 @@
-"""From the token-level dynamic map to image-level dynamic masks (pipeline.md §4-§5).
+"""From the token-level dynamic map (Easi3R Eq. 9) to image-level dynamic masks.
 
 1. :func:`cluster_fuse`: k-means on the encoder features of all tokens of all frames; every token takes the
-   mean dynamic score of its cluster (so a whole object segment switches together), then per-frame min-max.
+   mean dynamic score of its cluster (so a whole object segment switches together), then per-frame min-max
+   (official Easi3R ``dust3r/cloud_opt/base_opt.py``, ``cluster_attention_maps``).
 2. :func:`upsample`: bilinear to image resolution.
-3. :func:`compute_masks`: one threshold for the whole video (adaptive multi-Otsu by default), strict ``>``.
+3. :func:`compute_masks`: one threshold for the whole video (adaptive multi-Otsu by default, official
+   ``adaptive_multiotsu_variance`` of the same file), strict ``>``.
 4. Optional :class:`MaskRefiner` (e.g. SAM2 video propagation) through :func:`apply_refiner`.
+
+:func:`segment` runs the whole chain on the attention statistics of one pass and returns a :class:`Segmentation`.
 
 Clustering and thresholding run in numpy on CPU in float32, as the official code does, so that labels and
 thresholds match it exactly; the results are returned on the input's device.
@@ -21,12 +25,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .attention import minmax_normalize
+from ._checks import check_dtype, check_shape
+from .attention import (
+    _FLOAT_DTYPES,
+    _INT_DTYPES,
+    AttentionAccumulator,
+    FusedAttention,
+    dynamic_map,
+    fuse_attention,
+    minmax_normalize,
+)
 from .errors import Easi3RInputError
 
 __all__ = [
     "MaskRefiner",
+    "Segmentation",
     "ThresholdResult",
     "apply_refiner",
     "cluster_fuse",
@@ -35,6 +50,7 @@ __all__ = [
     "compute_masks",
     "multiotsu_threshold",
     "otsu_threshold",
+    "segment",
     "upsample",
 ]
 
@@ -63,24 +79,32 @@ class MaskRefiner(Protocol):
     """Anything that refines the attention masks of a video, e.g. SAM2 video propagation.
 
     Called as ``refiner(images, masks)`` with ``images (T, H, W, 3) uint8`` and ``masks (T, H, W) bool``
-    numpy arrays; returns refined ``(T, H, W) bool`` masks. The official SAM2 refinement (pipeline.md §5)
-    prompts SAM2.1 with the masks of the odd frames to predict the even ones and vice versa and returns the
-    **union** with the attention masks; a SAM2 refiner implements that inside ``__call__`` (easi3r does not
-    depend on SAM2).
+    numpy arrays; returns refined ``(T, H, W) bool`` masks. The official SAM2 refinement (the optional last step
+    of Easi3R's dynamic-mask estimation) prompts SAM2.1 with the masks of the odd frames to predict the even ones
+    and vice versa and returns the **union** with the attention masks; a SAM2 refiner implements that inside
+    ``__call__`` (easi3r does not depend on SAM2). :func:`apply_refiner` refuses a result that is not
+    ``(T, H, W)`` bool.
     """
 
     def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
 
 
-def _check_stack(name: str, x: Tensor) -> None:
+def _check_stack(name: str, x: Tensor) -> dict[str, int]:
+    """``x`` must be a non-empty float ``(T, h, w)`` tensor; returns ``{"T", "h", "w"}``."""
     if not isinstance(x, Tensor):
         raise Easi3RInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 3:
-        raise Easi3RInputError(f"{name} must be (T, h, w), got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise Easi3RInputError(f"{name} must be floating point, got {x.dtype}")
+    dims = check_shape(x, "T h w", name)
+    check_dtype(x, _FLOAT_DTYPES, name)
     if x.numel() == 0:
         raise Easi3RInputError(f"{name} is empty: shape {tuple(x.shape)}")
+    return dims
+
+
+def _check_features(features: Tensor, dims: dict[str, int] | None = None) -> None:
+    """``features`` must be a ``(T, h, w, F)`` tensor (with the sizes of ``dims`` when given)."""
+    if not isinstance(features, Tensor):
+        raise Easi3RInputError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    check_shape(features, "T h w F", "features", dims=dims)
 
 
 def cluster_labels(features: Tensor, n_clusters: int = 64, random_state: int = 42) -> Tensor:
@@ -98,12 +122,13 @@ def cluster_labels(features: Tensor, n_clusters: int = 64, random_state: int = 4
 
     Returns:
         ``(T, h, w)`` int64 labels in ``[0, n_clusters)``, on the features' device.
+
+    Raises:
+        Easi3RInputError: features of the wrong shape or not finite, or ``n_clusters < 1``.
     """
     from sklearn.cluster import KMeans
 
-    if not isinstance(features, Tensor) or features.ndim != 4:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise Easi3RInputError(f"features must be a (T, h, w, F) tensor, got {shape}")
+    _check_features(features)
     if int(n_clusters) < 1:
         raise Easi3RInputError(f"n_clusters must be >= 1, got {n_clusters}")
     t, h, w, _ = features.shape
@@ -130,13 +155,15 @@ def cluster_scores(dyn: Tensor, labels: Tensor) -> Tensor:
 
     Returns:
         ``(T, h, w)`` float32 refined map on ``dyn``'s device.
+
+    Raises:
+        Easi3RInputError: ``dyn`` not a float ``(T, h, w)`` map, or labels not integers >= 0 of its shape.
     """
-    _check_stack("dyn", dyn)
-    if not isinstance(labels, Tensor) or labels.shape != dyn.shape:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise Easi3RInputError(f"labels must be a tensor of the dynamic map's shape {tuple(dyn.shape)}, got {shape}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise Easi3RInputError(f"labels must be integers, got {labels.dtype}")
+    dims = _check_stack("dyn", dyn)
+    if not isinstance(labels, Tensor):
+        raise Easi3RInputError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    check_shape(labels, "T h w", "labels", dims=dims)
+    check_dtype(labels, _INT_DTYPES, "labels")
     x = dyn.detach().to("cpu", torch.float32).numpy().reshape(-1)
     lab = labels.detach().to("cpu", torch.int64).numpy().reshape(-1)
     if lab.min() < 0:
@@ -154,7 +181,8 @@ def cluster_scores(dyn: Tensor, labels: Tensor) -> Tensor:
 
 
 def cluster_fuse(dyn: Tensor, features: Tensor, n_clusters: int = 64, random_state: int = 42) -> tuple[Tensor, Tensor]:
-    """Cluster fusion of the dynamic map (pipeline.md §4): :func:`cluster_labels` then :func:`cluster_scores`.
+    """Cluster fusion of the dynamic map: :func:`cluster_labels` then :func:`cluster_scores` (official Easi3R
+    ``dust3r/cloud_opt/base_opt.py``, ``cluster_attention_maps``).
 
     Args:
         dyn: ``(T, h, w)`` per-frame normalised dynamic map (:func:`easi3r.attention.dynamic_map`).
@@ -163,17 +191,21 @@ def cluster_fuse(dyn: Tensor, features: Tensor, n_clusters: int = 64, random_sta
 
     Returns:
         ``refined (T, h, w) float32`` in ``[0, 1)`` and ``labels (T, h, w) int64``, on ``dyn``'s device.
+
+    Raises:
+        Easi3RInputError: ``dyn`` not a float ``(T, h, w)`` map, or features not ``(T, h, w, F)`` of its grid.
     """
-    _check_stack("dyn", dyn)
-    if not isinstance(features, Tensor) or features.ndim != 4 or features.shape[:3] != dyn.shape:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise Easi3RInputError(f"features must be (T, h, w, F) with (T, h, w) = {tuple(dyn.shape)}, got {shape}")
+    _check_features(features, _check_stack("dyn", dyn))
     labels = cluster_labels(features, n_clusters=n_clusters, random_state=random_state).to(dyn.device)
     return cluster_scores(dyn, labels), labels
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of ``(T, h, w)`` maps to ``(T, H, W)`` (``align_corners=False``, as official)."""
+    """Bilinear upsampling of ``(T, h, w)`` maps to ``size = (H, W)`` pixels (``align_corners=False``, as official).
+
+    Returns:
+        ``(T, H, W)`` in the maps' dtype and device.
+    """
     _check_stack("maps", maps)
     if len(size) != 2 or min(int(s) for s in size) < 1:
         raise Easi3RInputError(f"size must be (H, W) with positive entries, got {tuple(size)}")
@@ -216,7 +248,7 @@ def multiotsu_threshold(x: Tensor | np.ndarray) -> ThresholdResult:
     best, best_n, best_th = -math.inf, 0, float(hi)
     for n in (2, 3, 4):
         try:
-            th = threshold_multiotsu(a, classes=n)
+            th = threshold_multiotsu(a, classes=n)  # type: ignore[no-untyped-call]  # skimage has no annotations
         except ValueError:  # fewer distinct (binned) values than classes
             scores.append(math.nan)
             continue
@@ -244,13 +276,14 @@ def otsu_threshold(x: Tensor | np.ndarray) -> ThresholdResult:
     a = _as_numpy(x).reshape(-1)
     if a.min() == a.max():
         return ThresholdResult(float(a.min()), 1, (), "constant")
-    return ThresholdResult(float(threshold_otsu(a)), 2, (), "otsu")
+    return ThresholdResult(float(threshold_otsu(a)), 2, (), "otsu")  # type: ignore[no-untyped-call]
 
 
 def compute_masks(
     refined: Tensor, size: tuple[int, int], threshold: str | float = "multiotsu"
 ) -> tuple[Tensor, ThresholdResult]:
-    """Image-resolution dynamic masks from the refined token map (pipeline.md §5).
+    """Image-resolution dynamic masks from the refined token map (official Easi3R thresholding of the
+    ``refined_dynamic_map`` with ``adaptive_multiotsu_variance``).
 
     The map is upsampled bilinearly to ``size``; one threshold is chosen over all frames jointly and a pixel
     is dynamic when its upsampled score is strictly greater (compared in the map's dtype, as the official
@@ -302,19 +335,78 @@ def apply_refiner(refiner: MaskRefiner, images: np.ndarray | Tensor, masks: Tens
         raise Easi3RInputError(f"refiner must be callable, got {type(refiner).__name__}")
     imgs = images.detach().to("cpu").numpy() if isinstance(images, Tensor) else np.asarray(images)
     m = masks.detach().to("cpu").numpy() if isinstance(masks, Tensor) else np.asarray(masks)
-    if m.ndim != 3 or m.dtype != np.bool_:
-        raise Easi3RInputError(f"masks must be (T, H, W) bool, got shape {m.shape} dtype {m.dtype}")
-    if imgs.shape != (*m.shape, 3) or imgs.dtype != np.uint8:
-        raise Easi3RInputError(
-            f"images must be (T, H, W, 3) uint8 matching the masks {m.shape}, got {imgs.shape} {imgs.dtype}"
-        )
+    dims = check_shape(m, "T H W", "masks")
+    check_dtype(m, (np.dtype(bool),), "masks")
+    check_shape(imgs, "T H W 3", "images", dims=dims)
+    check_dtype(imgs, (np.dtype(np.uint8),), "images")
     out = refiner(imgs, m.copy())
     out_np = out.detach().to("cpu").numpy() if isinstance(out, Tensor) else np.asarray(out)
-    if out_np.shape != m.shape or out_np.dtype != np.bool_:
-        raise Easi3RInputError(
-            f"mask refiner {type(refiner).__name__} must return {m.shape} bool masks, "
-            f"got shape {out_np.shape} dtype {out_np.dtype}"
-        )
+    name = f"the output of mask refiner {type(refiner).__name__}"
+    check_shape(out_np, "T H W", name, dims=dims)
+    check_dtype(out_np, (np.dtype(bool),), name)
     if isinstance(masks, Tensor):
         return torch.from_numpy(out_np.copy()).to(masks.device)
     return out_np
+
+
+@dataclass
+class Segmentation:
+    """Motion segmentation of one pass (all on CPU).
+
+    Attributes:
+        fused: the four channel-fused maps ``(T, h, w)`` (src/ref mean/std).
+        dynamic_map: ``(T, h, w)`` Eq. 9, per-frame normalised.
+        refined: ``(T, h, w)`` cluster-fused dynamic map (what the masks threshold).
+        labels: ``(T, h, w)`` k-means labels.
+        masks: ``(T, H, W)`` bool dynamic masks.
+        threshold: the chosen threshold and how.
+    """
+
+    fused: FusedAttention
+    dynamic_map: Tensor
+    refined: Tensor
+    labels: Tensor
+    masks: Tensor
+    threshold: ThresholdResult
+
+
+def segment(
+    attention: AttentionAccumulator,
+    labels: Tensor,
+    size: tuple[int, int],
+    *,
+    threshold: str | float = "multiotsu",
+    progress: bool = False,
+    desc: str = "segment",
+) -> Segmentation:
+    """Attention statistics -> fused maps (Eq. 5-8) -> dynamic map (Eq. 9) -> cluster fusion -> thresholded masks.
+
+    The k-means labels are an input (:func:`cluster_labels` of the encoder features), so that a video's clusters
+    are computed once and shared by both passes; :func:`cluster_fuse` is labels and scores in one call.
+
+    Args:
+        attention: the accumulator of a pass.
+        labels: ``(T, h, w)`` integer k-means labels of the tokens (:func:`cluster_labels`).
+        size: ``(H, W)`` of the masks, in pixels.
+        threshold: ``"multiotsu"``, ``"otsu"`` or a number in ``[0, 1]`` (see :func:`compute_masks`).
+        progress: a three-step bar (fusion, cluster scores, threshold).
+        desc: the bar's label.
+
+    Returns:
+        The :class:`Segmentation` (on the accumulator's device; CPU by default).
+
+    Raises:
+        Easi3RInputError: a frame without pairs in a role, labels not of the attention grid, a bad threshold.
+    """
+    with tqdm(total=3, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("fusing attention")
+        fused = fuse_attention(attention.stats())
+        dyn = dynamic_map(fused)
+        bar.update()
+        bar.set_postfix_str("cluster scores")
+        refined = cluster_scores(dyn, labels.to(dyn.device))
+        bar.update()
+        bar.set_postfix_str("threshold")
+        masks, chosen = compute_masks(refined, size, threshold)
+        bar.update()
+    return Segmentation(fused, dyn, refined, labels, masks, chosen)

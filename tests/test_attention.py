@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from easi3r._reference import aggregate_attention
 from easi3r.attention import (
     AttentionAccumulator,
     FusedAttention,
-    aggregate_attention,
     channel_fusion,
     dynamic_map,
     fix_corner_token,
@@ -185,6 +185,30 @@ def test_missing_frame_and_bad_inputs_raise() -> None:
         acc.add([[0, 1], [1, 0]], m1[:, :3], m2)
     with pytest.raises(Easi3RInputError, match="edges"):
         acc.add([[0, 1, 2]], m1[:1], m2[:1])
+
+
+def test_input_checks_are_typed_one_line_errors() -> None:
+    acc = AttentionAccumulator(2, (4, 5), 7)
+    m1, m2 = random_maps(2)
+    fused = FusedAttention(*(torch.zeros(2, 4, 5) for _ in range(4)))
+    cases = [
+        (lambda: acc.add([[0, 1], [1, 0]], m1, m2.long()), "cross_attn_2 must have dtype"),
+        (lambda: acc.add([[0, 1], [1, 0]], m1[..., :6], m2), r"cross_attn_1 must have shape \(B, h, w, C\) with C = 7"),
+        (lambda: acc.add([[0, 1], [1, 0]], m1.numpy(), m2), "cross_attn_1 must be a torch.Tensor"),
+        (lambda: acc.add([[0.0, 1.0], [1.0, 0.0]], m1, m2), "edges must have dtype"),
+        (lambda: channel_fusion(torch.zeros(2, 4, 5)), "channel fusion input must have shape"),
+        (
+            lambda: dynamic_map(FusedAttention(fused.src_mean, fused.src_std, fused.ref_mean, torch.zeros(2, 4, 6))),
+            "fused ref_std must have shape",
+        ),
+        (lambda: fix_corner_token(torch.zeros(3, 1, 5, 2)), "h, w >= 2"),
+        (lambda: aggregate_attention([[0, 1], [1, 0]], m1, m2[:, :3], 2), "cross_attn_2 must have shape"),
+        (lambda: aggregate_attention([[0, 1]], m1, m2, 2), "edges has 1 pairs"),
+    ]
+    for call, message in cases:
+        with pytest.raises(Easi3RInputError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------- fusion, Eq. 9

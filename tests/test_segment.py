@@ -13,7 +13,7 @@ import torch
 from easi3r.attention import AttentionAccumulator, FusedAttention, dynamic_map, fuse_attention
 from easi3r.errors import Easi3RInputError
 from easi3r.segment import (
-    MaskRefiner,
+    Segmentation,
     apply_refiner,
     cluster_fuse,
     cluster_labels,
@@ -21,6 +21,7 @@ from easi3r.segment import (
     compute_masks,
     multiotsu_threshold,
     otsu_threshold,
+    segment,
     upsample,
 )
 
@@ -176,25 +177,93 @@ def test_two_valued_map_multiotsu_falls_back_cleanly() -> None:
 # --------------------------------------------------------------------------------------------- refiner
 
 
-def test_apply_refiner_validates_output() -> None:
+def _dilate(imgs: np.ndarray, m: np.ndarray) -> np.ndarray:
+    k = np.ones((3, 3), np.uint8)
+    return np.stack([cv2.dilate(f.astype(np.uint8), k).astype(bool) for f in m]) | m
+
+
+def test_apply_refiner_runs_the_refiner_and_keeps_the_mask_type() -> None:
     images = np.zeros((2, 8, 8, 3), np.uint8)
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, 2:4, 2:4] = True
-
-    def dilate(imgs: np.ndarray, m: np.ndarray) -> np.ndarray:
-        k = np.ones((3, 3), np.uint8)
-        return np.stack([cv2.dilate(f.astype(np.uint8), k).astype(bool) for f in m]) | m
-
-    assert isinstance(dilate, MaskRefiner)
-    out = apply_refiner(dilate, images, masks)
+    out = apply_refiner(_dilate, images, masks)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.bool
     assert int(out[0].sum()) == 16 and not out[1].any()
-    with pytest.raises(Easi3RInputError, match="bool"):
-        apply_refiner(lambda i, m: m.astype(np.uint8), images, masks)
-    with pytest.raises(Easi3RInputError, match="must return"):
-        apply_refiner(lambda i, m: m[:1], images, masks)
+
+    # numpy masks in, numpy masks out; the refiner gets a copy, so it may write into it
+    def scribble(imgs: np.ndarray, m: np.ndarray) -> np.ndarray:
+        m[:] = True
+        return m
+
+    np_masks = masks.numpy().copy()
+    out_np = apply_refiner(scribble, images, np_masks)
+    assert isinstance(out_np, np.ndarray) and out_np.all()
+    assert np.array_equal(np_masks, masks.numpy())
+
+
+@pytest.mark.parametrize(
+    ("refiner", "why"),
+    [
+        (lambda i, m: m.astype(np.uint8), "dtype bool, got uint8"),  # right shape, wrong dtype
+        (lambda i, m: m[:1], r"got \(1, 8, 8\)"),  # a frame lost
+        (lambda i, m: m[..., None], r"got \(2, 8, 8, 1\)"),  # an extra axis
+        (lambda i, m: torch.from_numpy(m).float(), "dtype bool, got float32"),  # a tensor of the wrong dtype
+    ],
+)
+def test_apply_refiner_refuses_a_wrong_result(refiner, why: str) -> None:
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    with pytest.raises(Easi3RInputError, match=f"output of mask refiner .*{why}") as err:
+        apply_refiner(refiner, images, masks)
+    assert "\n" not in str(err.value)
+
+
+def test_apply_refiner_refuses_bad_inputs() -> None:
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    with pytest.raises(Easi3RInputError, match="callable"):
+        apply_refiner(np.zeros(3), images, masks)
     with pytest.raises(Easi3RInputError, match="images"):
-        apply_refiner(dilate, images[:, :4], masks)
+        apply_refiner(_dilate, images[:, :4], masks)
+    with pytest.raises(Easi3RInputError, match="masks"):
+        apply_refiner(_dilate, images, masks.float())
+
+
+def test_segment_composite_on_synthetic_attention() -> None:
+    """segment() = stats -> fusion -> Eq. 9 -> cluster fusion -> masks, each piece as called by hand."""
+    edges = np.array([(i, j) for i in range(4) for j in range(4) if i != j])
+    g = torch.Generator().manual_seed(0)
+    acc = AttentionAccumulator(4, (4, 6), 5)
+    acc.add(edges, torch.randn(len(edges), 4, 6, 5, generator=g), torch.randn(len(edges), 4, 6, 5, generator=g))
+    feats = torch.randn(4, 4, 6, 3, generator=g)
+    labels = cluster_labels(feats, n_clusters=5)
+    seg = segment(acc, labels, (16, 24), threshold=0.5)
+    assert isinstance(seg, Segmentation) and seg.masks.shape == (4, 16, 24) and seg.masks.dtype == torch.bool
+    fused = fuse_attention(acc.stats())
+    torch.testing.assert_close(seg.dynamic_map, dynamic_map(fused), rtol=0, atol=0)
+    refined, labels_again = cluster_fuse(seg.dynamic_map, feats, n_clusters=5)
+    torch.testing.assert_close(seg.refined, refined, rtol=0, atol=0)
+    assert torch.equal(seg.labels, labels) and torch.equal(labels_again, labels)
+    masks, res = compute_masks(refined, (16, 24), 0.5)
+    assert torch.equal(seg.masks, masks) and seg.threshold == res
+    with pytest.raises(Easi3RInputError, match="labels must have shape"):
+        segment(acc, labels[:, :3], (16, 24))
+
+
+def test_input_checks_are_typed_one_line_errors() -> None:
+    dyn = torch.rand(2, 3, 4)
+    cases = [
+        (lambda: cluster_scores(dyn[0], torch.zeros(3, 4, dtype=torch.long)), "dyn must have shape"),
+        (lambda: cluster_scores(dyn, torch.zeros(2, 3, 4)), "labels must have dtype"),
+        (lambda: cluster_scores(dyn, torch.zeros(2, 3, 5, dtype=torch.long)), "labels must have shape"),
+        (lambda: cluster_fuse(dyn, torch.zeros(2, 3, 5, 8)), "features must have shape"),
+        (lambda: cluster_labels(torch.zeros(2, 3, 4)), "features must have shape"),
+        (lambda: upsample(dyn.long(), (4, 4)), "maps must have dtype"),
+    ]
+    for call, message in cases:
+        with pytest.raises(Easi3RInputError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------ with the network's outputs

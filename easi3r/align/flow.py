@@ -1,8 +1,9 @@
 """Optical-flow term of the global alignment (MonST3R's flow loss, used by Easi3R's second pass).
 
-For every edge ``(i, j)`` the flow **induced** by the current depth of frame ``i``, the two camera poses and the
-intrinsics (:func:`induced_flow`) is compared with an **observed** optical flow from ``i`` to ``j`` by a smooth-L1
-penalty restricted to static pixels (:func:`masked_smooth_l1`); both directions are used.
+For every edge ``(i, j)`` (frame ``i`` = view 1, frame ``j`` = view 2) the flow **induced** by the current depth of
+view 1, the two camera poses and the intrinsics (:func:`induced_flow`) is compared with an **observed** optical flow
+from view 1 to view 2 by a smooth-L1 penalty restricted to static pixels (:func:`masked_smooth_l1`); both directions
+are used (MonST3R's flow loss, official ``dust3r/cloud_opt/optimizer.py``, ``PointCloudOptimizer.forward``).
 
 Observed flow comes from a :class:`FlowProvider`: any callable ``(img_a, img_b) -> flow`` taking two
 ``(H, W, 3)`` uint8 RGB frames and returning an ``(H, W, 2)`` float32 flow in pixels from ``img_a`` to ``img_b``
@@ -33,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_dtype, check_finite, check_shape
 from ..errors import Easi3RInputError
+from .geometry import pixel_grid
 
 __all__ = ["DISFlow", "FlowProvider", "compute_edge_flows", "induced_flow", "masked_smooth_l1"]
 
@@ -54,12 +57,13 @@ class DISFlow:
 
     def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> None:
         self.preset = preset
-        self._dis = cv2.DISOpticalFlow_create(preset)
+        self._dis = cv2.DISOpticalFlow_create(preset)  # type: ignore[attr-defined]  # missing from OpenCV's stubs
 
     def __call__(self, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray:
         gray_a = cv2.cvtColor(np.ascontiguousarray(img_a), cv2.COLOR_RGB2GRAY)
         gray_b = cv2.cvtColor(np.ascontiguousarray(img_b), cv2.COLOR_RGB2GRAY)
-        return self._dis.calc(gray_a, gray_b, None).astype(np.float32, copy=False)
+        flow: np.ndarray = self._dis.calc(gray_a, gray_b, None).astype(np.float32, copy=False)
+        return flow
 
     def __repr__(self) -> str:
         return f"DISFlow(preset={self.preset})"
@@ -67,10 +71,8 @@ class DISFlow:
 
 def _as_uint8_frames(images: np.ndarray | Tensor) -> np.ndarray:
     arr = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise Easi3RInputError(f"images must have shape (T, H, W, 3), got {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise Easi3RInputError(f"images must be uint8 RGB frames, got dtype {arr.dtype}")
+    check_shape(arr, "T H W 3", "images")
+    check_dtype(arr, (np.dtype(np.uint8),), "images")
     return arr
 
 
@@ -87,15 +89,19 @@ def compute_edge_flows(
 
     Args:
         images: ``(T, H, W, 3)`` uint8 RGB frames (numpy or torch).
-        edges: ``(P, 2)`` int64 ``(i, j)``.
+        edges: ``(P, 2)`` int64 ``(i, j)``: frame of view 1 and of view 2.
         provider: a :class:`FlowProvider`.
         device: where the result goes (default: ``edges``' device).
 
     Returns:
-        ``flow_ij, flow_ji``: ``(P, 2, H, W)`` float32, flow from ``i`` to ``j`` and from ``j`` to ``i``.
+        ``flow_12, flow_21``: ``(P, 2, H, W)`` float32 flows in pixels, from view 1 to view 2 and back.
+
+    Raises:
+        Easi3RInputError: bad frames, edges beyond the frames, or a provider output of the wrong shape or not finite.
     """
     frames = _as_uint8_frames(images)
     n, h, w, _ = frames.shape
+    check_shape(edges, "P 2", "edges")
     edge_list = [(int(i), int(j)) for i, j in edges.tolist()]
     if edge_list and max(max(e) for e in edge_list) >= n:
         raise Easi3RInputError(f"edges index frame {max(max(e) for e in edge_list)} but images has {n} frames")
@@ -104,18 +110,20 @@ def compute_edge_flows(
     def flow(a: int, b: int) -> np.ndarray:
         if (a, b) not in cache:
             out = np.asarray(provider(frames[a], frames[b]))
-            if out.shape != (h, w, 2):
-                raise Easi3RInputError(f"flow provider returned shape {out.shape}, expected {(h, w, 2)}")
-            if not np.isfinite(out).all():
-                raise Easi3RInputError(f"flow provider returned non-finite values for frames ({a}, {b})")
+            name = f"the flow provider's output for frames ({a}, {b})"
+            check_shape(out, "H W 2", name, dims={"H": h, "W": w})
+            check_finite(out, name)
             cache[(a, b)] = out.astype(np.float32, copy=False)
         return cache[(a, b)]
 
     fwd = np.stack([flow(i, j) for i, j in edge_list]) if edge_list else np.zeros((0, h, w, 2), np.float32)
     bwd = np.stack([flow(j, i) for i, j in edge_list]) if edge_list else np.zeros((0, h, w, 2), np.float32)
     dev = edges.device if device is None else device
-    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(dev)  # noqa: E731
-    return to_t(fwd), to_t(bwd)
+
+    def to_tensor(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous().to(dev)
+
+    return to_tensor(fwd), to_tensor(bwd)
 
 
 def induced_flow(
@@ -139,12 +147,8 @@ def induced_flow(
         ``(B, 2, H, W)`` flow in pixels from source to target.
     """
     b, h, w = depth_src.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=depth_src.device, dtype=depth_src.dtype),
-        torch.arange(w, device=depth_src.device, dtype=depth_src.dtype),
-        indexing="ij",
-    )
-    coords = torch.stack((xs, ys, torch.ones_like(xs))).reshape(1, 3, h * w)
+    pixels = pixel_grid(h, w, device=depth_src.device, dtype=depth_src.dtype).reshape(h * w, 2).T  # (2, H*W)
+    coords = torch.cat((pixels, pixels.new_ones(1, h * w)))[None]  # homogeneous (1, 3, H*W)
     R_src, t_src = cam2world_src[:, :3, :3], cam2world_src[:, :3, 3:]
     R_dst, t_dst = cam2world_dst[:, :3, :3], cam2world_dst[:, :3, 3:]
     R_rel = R_dst.transpose(1, 2) @ R_src

@@ -36,9 +36,29 @@ def signed_expm1(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.expm1(torch.abs(x))
 
 
-def pixel_grid(height: int, width: int, *, device: torch.device | str | None = None) -> Tensor:
-    """Integer pixel coordinates ``(H, W, 2)`` int64 with ``[..., 0] = x`` (column) and ``[..., 1] = y`` (row)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+def pixel_grid(
+    height: int, width: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.int64
+) -> Tensor:
+    """The integer pixel grid, the one pixel-coordinate layout of the alignment.
+
+    Pixel ``(x, y)`` is column ``x`` and row ``y`` of the image, without a half-pixel offset (official
+    ``dust3r/utils/geometry.py`` ``xy_grid``): ``grid[y, x] = (x, y)``. Channel-first or flattened layouts are views
+    of it (``grid.reshape(-1, 2)`` lists the pixels in row-major order; ``.T`` makes it ``(2, H*W)``).
+
+    Args:
+        height, width: image size ``H, W`` in pixels.
+        device, dtype: of the result (the values are exact in any float dtype for images under 2^24 pixels a side).
+
+    Returns:
+        ``(H, W, 2)`` with ``[..., 0] = x`` (column) and ``[..., 1] = y`` (row).
+
+    Example:
+        >>> pixel_grid(2, 3)[1, 2].tolist()
+        [2, 1]
+    """
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
+    )
     return torch.stack((xs, ys), dim=-1)
 
 
@@ -50,7 +70,8 @@ def decode_poses(params: Tensor) -> Tensor:
     """
     quat = params[..., :4]
     trans = signed_expm1(params[..., 4:7])
-    return roma.RigidUnitQuat(quat, trans).normalize().to_homogeneous()
+    pose: Tensor = roma.RigidUnitQuat(quat, trans).normalize().to_homogeneous()
+    return pose
 
 
 def encode_rotation_translation(rotation: Tensor, translation: Tensor) -> Tensor:

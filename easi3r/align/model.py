@@ -1,5 +1,9 @@
 """Parameters, decoding and loss of the global alignment (official ``PointCloudOptimizer``, batchify form).
 
+Official counterparts: ``dust3r/cloud_opt/optimizer.py`` ``PointCloudOptimizer`` and its base
+``dust3r/cloud_opt/base_opt.py`` ``BasePCOptimizer`` (MonST3R's version, which Easi3R uses, adds the flow and
+temporal-smoothness terms).
+
 State (all float32 like the reference, on the inputs' device):
 
 * ``log_depth (T, H*W)``: per-pixel log z-depth of every frame;
@@ -9,9 +13,11 @@ State (all float32 like the reference, on the inputs' device):
 * ``pw_params (P, 8)``: per-edge similarity (quaternion, ``signed_log1p(t/s)``, ``log s``); the scales are
   normalised so their geometric mean is ``base_scale`` (unless poses are pinned, which fixes the world scale).
 
-The alignment loss compares, for every edge ``e = (i, j)``, the world points of frames ``i`` and ``j`` back-projected
-from depth with the pairwise pointmaps moved by the edge's similarity, weighted by ``log(conf)``:
-``l_i = sum_e sum_p log(c_i[e,p]) ||X_i[p] - sigma_e (R_e x_i[e,p] + t_e)|| / (P H W)`` (and ``l_j`` likewise).
+The alignment loss compares, for every edge ``e = (i, j)`` (frame ``i`` = view 1, frame ``j`` = view 2), the world
+points of frames ``i`` and ``j`` back-projected from depth with the pairwise pointmaps moved by the edge's
+similarity, weighted by ``log(conf)``:
+``l_1 = sum_e sum_p log(c_1[e,p]) ||X_i[p] - sigma_e (R_e x_1[e,p] + t_e)|| / (P H W)`` (and ``l_2`` likewise with
+view 2's points against frame ``j``'s).
 It is evaluated for all edges at once (frames gathered by edge index) by :func:`alignment_residual_sum`, which
 streams over pixel blocks and forms the gradient during the forward pass, so an iteration never holds an
 ``(P, H*W, 3)`` autograd graph: memory is ``O(P H W)`` for the inputs plus ``O(T H W)``.
@@ -27,8 +33,9 @@ import roma
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_dtype, check_finite, check_same_device, check_shape
 from ..config import AlignConfig
-from ..errors import Easi3RInputError
+from ..errors import Easi3RInputError, Easi3RRuntimeError
 from .flow import induced_flow, masked_smooth_l1
 from .geometry import (
     align_poses_sim3,
@@ -71,7 +78,7 @@ class _ResidualSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         world: Tensor,
         transforms: Tensor,
@@ -124,9 +131,12 @@ class _ResidualSum(torch.autograd.Function):
         return total.to(pred.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         if not ctx.with_grad:
-            raise RuntimeError("alignment_residual_sum was evaluated without gradient tracking")
+            # Reached only when pred or weight carries the graph: their gradients are not formed.
+            raise Easi3RRuntimeError(
+                "alignment_residual_sum is differentiable w.r.t. world and transforms only, not pred or weight"
+            )
         grad_world, grad_transforms = ctx.saved_tensors
         return grad_world * grad_out, grad_transforms * grad_out, None, None, None, None, None, None
 
@@ -166,7 +176,10 @@ def alignment_residual_sum(
         budget = 1 << (25 if pred.device.type == "cuda" else 18)
         block = max(256, budget // max(n_edges, 1))
     with_grad = torch.is_grad_enabled() and (world.requires_grad or transforms.requires_grad)
-    return _ResidualSum.apply(world, transforms, pred, weight, index, min(block, n_pix), with_grad, log_weight)
+    total: Tensor = _ResidualSum.apply(  # type: ignore[no-untyped-call]  # torch.autograd.Function.apply is untyped
+        world, transforms, pred, weight, index, min(block, n_pix), with_grad, log_weight
+    )
+    return total
 
 
 def relative_pose_loss(cam2world: Tensor, translation_weight: float = 1.0) -> Tensor:
@@ -182,48 +195,51 @@ def relative_pose_loss(cam2world: Tensor, translation_weight: float = 1.0) -> Te
     eye = torch.eye(3, dtype=cam2world.dtype, device=cam2world.device)
     rot = torch.linalg.matrix_norm(rel[:, :3, :3] - eye)
     trans = torch.linalg.vector_norm(rel[:, :3, 3], dim=-1)
-    return (rot + translation_weight * trans).sum()
+    total: Tensor = (rot + translation_weight * trans).sum()
+    return total
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def check_pairwise_inputs(
     edges: Tensor,
-    pts_i: Tensor,
-    pts_j: Tensor,
-    conf_i: Tensor,
-    conf_j: Tensor,
+    pts_1: Tensor,
+    pts_2: Tensor,
+    conf_1: Tensor,
+    conf_2: Tensor,
     n_frames: int | None = None,
 ) -> int:
     """Validate the pairwise predictions; return the number of frames ``T``.
 
+    Args:
+        edges: ``(P, 2)`` integer ``(i, j)``: frame of view 1 and of view 2.
+        pts_1, pts_2: ``(P, H, W, 3)`` float view-1 / view-2 points (in view 1's camera frame).
+        conf_1, conf_2: ``(P, H, W)`` float raw confidences, > 0.
+        n_frames: ``T`` if known (default ``edges.max() + 1``).
+
     Raises:
         Easi3RInputError: inconsistent shapes, bad edge indices, fewer than 2 frames, non-finite values,
-            non-positive confidences, or a frame that appears in no edge.
+            non-positive confidences, tensors on several devices, or a frame that appears in no edge.
     """
-    for name, t in (("edges", edges), ("pts_i", pts_i), ("pts_j", pts_j), ("conf_i", conf_i), ("conf_j", conf_j)):
+    named = {"edges": edges, "pts_1": pts_1, "pts_2": pts_2, "conf_1": conf_1, "conf_2": conf_2}
+    for name, t in named.items():
         if not isinstance(t, Tensor):
             raise Easi3RInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.is_floating_point or edges.dtype == torch.bool:
-        raise Easi3RInputError(
-            f"edges must be an integer tensor of shape (P, 2), got {tuple(edges.shape)} {edges.dtype}"
-        )
-    n_edges = edges.shape[0]
-    if n_edges == 0:
+    dims = check_shape(edges, "P 2", "edges")
+    check_dtype(edges, _INT_DTYPES, "edges")
+    if dims["P"] == 0:
         raise Easi3RInputError("edges is empty: at least one pair is needed")
-    if pts_i.ndim != 4 or pts_i.shape[0] != n_edges or pts_i.shape[-1] != 3:
-        raise Easi3RInputError(f"pts_i must have shape (P={n_edges}, H, W, 3), got {tuple(pts_i.shape)}")
-    if pts_j.shape != pts_i.shape:
-        raise Easi3RInputError(f"pts_j must have the shape of pts_i {tuple(pts_i.shape)}, got {tuple(pts_j.shape)}")
-    for name, c in (("conf_i", conf_i), ("conf_j", conf_j)):
-        if c.shape != pts_i.shape[:3]:
-            raise Easi3RInputError(f"{name} must have shape {tuple(pts_i.shape[:3])}, got {tuple(c.shape)}")
-    for name, t in (("pts_i", pts_i), ("pts_j", pts_j), ("conf_i", conf_i), ("conf_j", conf_j)):
-        if not t.dtype.is_floating_point:
-            raise Easi3RInputError(f"{name} must be floating point, got {t.dtype}")
-        if t.device != pts_i.device:
-            raise Easi3RInputError(f"{name} is on {t.device}, expected {pts_i.device} like pts_i")
-        if not bool(torch.isfinite(t).all()):
-            raise Easi3RInputError(f"{name} contains NaN or infinite values")
-    if bool((conf_i <= 0).any()) or bool((conf_j <= 0).any()):
+    dims = check_shape(pts_1, "P H W 3", "pts_1", dims=dims)
+    check_shape(pts_2, "P H W 3", "pts_2", dims=dims)
+    check_shape(conf_1, "P H W", "conf_1", dims=dims)
+    check_shape(conf_2, "P H W", "conf_2", dims=dims)
+    check_same_device({k: v for k, v in named.items() if k != "edges"})
+    for name in ("pts_1", "pts_2", "conf_1", "conf_2"):
+        check_dtype(named[name], _FLOAT_DTYPES, name)
+        check_finite(named[name], name)
+    if bool((conf_1 <= 0).any()) or bool((conf_2 <= 0).any()):
         raise Easi3RInputError("confidences must be positive (raw network confidences are >= 1)")
     if bool((edges < 0).any()):
         raise Easi3RInputError("edges contains negative frame indices")
@@ -249,25 +265,47 @@ class PointmapAligner(nn.Module):
     Typical use: ``aligner = PointmapAligner(...); aligner.init_mst(); loss = aligner(iteration)`` inside an Adam
     loop (see :func:`easi3r.align.optimize.run_optimisation`), then the ``get_*`` accessors.
 
+    The inputs are validated once, here (:func:`check_pairwise_inputs`); the flattened pairwise predictions are
+    kept as the buffers ``pred_1, pred_2 (P, H*W, 3)`` and ``conf_1, conf_2 (P, H, W)``.
+
     Args:
         edges: ``(P, 2)`` int64 ``(i, j)``: frame of view 1 and of view 2 of each pair.
-        pts_i: ``(P, H, W, 3)`` view-1 points in view-1's camera frame.
-        pts_j: ``(P, H, W, 3)`` view-2 points in view-1's camera frame.
-        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+        pts_1: ``(P, H, W, 3)`` view-1 points in view-1's camera frame.
+        pts_2: ``(P, H, W, 3)`` view-2 points in view-1's camera frame.
+        conf_1, conf_2: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
         config: alignment settings (focal sharing, base scale, PnP and loss weights).
         n_frames: ``T`` (default ``edges.max() + 1``).
         known_focal: focal(s) in pixels to pin: a scalar or ``(T,)``; returned exactly by :meth:`get_focals`.
         known_poses: ``(T, 4, 4)`` cam-to-world to pin; returned exactly by :meth:`get_cam2world`.
         block: pixels per block of the streamed loss (see :func:`alignment_residual_sum`).
+
+    Raises:
+        Easi3RInputError: bad pairwise inputs, or ``known_focal`` / ``known_poses`` of the wrong shape or values.
     """
+
+    # Buffers (registered in __init__); declared so that type checkers see tensors, not ``Tensor | Module``.
+    edges: Tensor
+    pred_1: Tensor
+    pred_2: Tensor
+    conf_1: Tensor
+    conf_2: Tensor
+    im_conf: Tensor
+    grid: Tensor
+    principal_point: Tensor
+    known_focal: Tensor | None
+    known_poses: Tensor | None
+    flow_12: Tensor | None
+    flow_21: Tensor | None
+    static_1: Tensor | None
+    static_2: Tensor | None
 
     def __init__(
         self,
         edges: Tensor,
-        pts_i: Tensor,
-        pts_j: Tensor,
-        conf_i: Tensor,
-        conf_j: Tensor,
+        pts_1: Tensor,
+        pts_2: Tensor,
+        conf_1: Tensor,
+        conf_2: Tensor,
         *,
         config: AlignConfig | None = None,
         n_frames: int | None = None,
@@ -277,19 +315,19 @@ class PointmapAligner(nn.Module):
     ) -> None:
         super().__init__()
         config = AlignConfig() if config is None else config
-        n = check_pairwise_inputs(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
-        device, dtype = pts_i.device, pts_i.dtype
-        n_edges, h, w, _ = pts_i.shape
+        n = check_pairwise_inputs(edges, pts_1, pts_2, conf_1, conf_2, n_frames)
+        device, dtype = pts_1.device, pts_1.dtype
+        n_edges, h, w, _ = pts_1.shape
         self.config = config
         self.n_frames, self.height, self.width = n, h, w
         self.block = block
         edges = edges.to(device=device, dtype=torch.int64)
         self.register_buffer("edges", edges, persistent=False)
-        self.register_buffer("pred_i", pts_i.reshape(n_edges, h * w, 3), persistent=False)
-        self.register_buffer("pred_j", pts_j.reshape(n_edges, h * w, 3), persistent=False)
-        self.register_buffer("conf_i", conf_i, persistent=False)
-        self.register_buffer("conf_j", conf_j, persistent=False)
-        self.register_buffer("im_conf", image_confidence(edges, conf_i, conf_j, n), persistent=False)
+        self.register_buffer("pred_1", pts_1.reshape(n_edges, h * w, 3), persistent=False)
+        self.register_buffer("pred_2", pts_2.reshape(n_edges, h * w, 3), persistent=False)
+        self.register_buffer("conf_1", conf_1, persistent=False)
+        self.register_buffer("conf_2", conf_2, persistent=False)
+        self.register_buffer("im_conf", image_confidence(edges, conf_1, conf_2, n), persistent=False)
         self.register_buffer("grid", pixel_grid(h, w, device=device).reshape(-1, 2).to(dtype), persistent=False)
         pp = torch.tensor((w / 2, h / 2), dtype=dtype, device=device)
         self.register_buffer("principal_point", pp.expand(n, 2).clone(), persistent=False)
@@ -307,7 +345,7 @@ class PointmapAligner(nn.Module):
         # Optional state as (None-able) buffers so that Module.to() moves it with the rest.
         self.register_buffer("known_focal", None, persistent=False)
         self.register_buffer("known_poses", None, persistent=False)
-        for name in ("flow_ij", "flow_ji", "static_i", "static_j"):
+        for name in ("flow_12", "flow_21", "static_1", "static_2"):
             self.register_buffer(name, None, persistent=False)
         if known_focal is not None:
             kf = torch.as_tensor(known_focal, dtype=dtype, device=device).reshape(-1)
@@ -322,10 +360,8 @@ class PointmapAligner(nn.Module):
             self.focal_params.requires_grad_(False)
         if known_poses is not None:
             kp = torch.as_tensor(known_poses).to(device=device, dtype=dtype)
-            if kp.shape != (n, 4, 4):
-                raise Easi3RInputError(f"known_poses must have shape ({n}, 4, 4), got {tuple(kp.shape)}")
-            if not bool(torch.isfinite(kp).all()):
-                raise Easi3RInputError("known_poses contains NaN or infinite values")
+            check_shape(kp, "T 4 4", "known_poses", dims={"T": n})
+            check_finite(kp, "known_poses")
             self.known_poses = kp
             self.pose_params.requires_grad_(False)
         # With pinned poses the world scale is given, so the pairwise scales must stay free (as the reference).
@@ -379,7 +415,10 @@ class PointmapAligner(nn.Module):
         return self._world_points().reshape(self.n_frames, self.height, self.width, 3)
 
     def get_pw_norm_scale_factor(self) -> Tensor:
-        """Factor bringing the geometric mean of the pairwise scales to ``base_scale`` (1 with pinned poses)."""
+        """Factor bringing the geometric mean of the pairwise scales to ``base_scale`` (1 with pinned poses).
+
+        Official ``dust3r/cloud_opt/base_opt.py``, ``BasePCOptimizer.get_pw_norm_scale_factor``; ``()`` tensor.
+        """
         if not self.normalise_pw_scale:
             return self.pw_params.new_ones(())
         return (math.log(self.config.base_scale) - self.pw_params[:, -1].mean()).exp()
@@ -401,8 +440,8 @@ class PointmapAligner(nn.Module):
     # ------------------------------------------------------------------ flow
     def set_flow(
         self,
-        flow_ij: Tensor,
-        flow_ji: Tensor,
+        flow_12: Tensor,
+        flow_21: Tensor,
         masks: Tensor | None,
         *,
         weight: float | None = None,
@@ -411,85 +450,84 @@ class PointmapAligner(nn.Module):
         """Attach the optical-flow term.
 
         Args:
-            flow_ij: ``(P, 2, H, W)`` observed flow from frame ``i`` to ``j`` of each edge (pixels).
-            flow_ji: ``(P, 2, H, W)`` observed flow from ``j`` to ``i``.
+            flow_12: ``(P, 2, H, W)`` observed flow in pixels from view 1 (frame ``i``) to view 2 (frame ``j``) of
+                each edge ``(i, j)``.
+            flow_21: ``(P, 2, H, W)`` observed flow from view 2 to view 1.
             masks: ``(T, H, W)`` bool dynamic masks (excluded from the term), or None (all pixels static).
             weight: term weight (default ``config.flow_weight``).
             start_iteration: the term is active for ``iteration >= start_iteration`` (float, as the reference
                 compares ``iter >= niter * flow_loss_start_epoch``).
+
+        Raises:
+            Easi3RInputError: flows or masks of the wrong shape.
         """
-        shape = (self.n_edges, 2, self.height, self.width)
-        for name, f in (("flow_ij", flow_ij), ("flow_ji", flow_ji)):
-            if tuple(f.shape) != shape:
-                raise Easi3RInputError(f"{name} must have shape {shape}, got {tuple(f.shape)}")
+        dims = {"P": self.n_edges, "T": self.n_frames, "H": self.height, "W": self.width}
+        check_shape(flow_12, "P 2 H W", "flow_12", dims=dims)
+        check_shape(flow_21, "P 2 H W", "flow_21", dims=dims)
         dev, dt = self.grid.device, self.grid.dtype
-        self.flow_ij = flow_ij.to(device=dev, dtype=dt)
-        self.flow_ji = flow_ji.to(device=dev, dtype=dt)
+        self.flow_12 = flow_12.to(device=dev, dtype=dt)
+        self.flow_21 = flow_21.to(device=dev, dtype=dt)
         if masks is None:
             static = torch.ones(self.n_frames, self.height, self.width, dtype=torch.bool, device=dev)
         else:
-            if tuple(masks.shape) != (self.n_frames, self.height, self.width):
-                raise Easi3RInputError(
-                    f"masks must have shape {(self.n_frames, self.height, self.width)}, got {tuple(masks.shape)}"
-                )
+            check_shape(masks, "T H W", "masks", dims=dims)
             static = ~masks.to(device=dev, dtype=torch.bool)
-        self.static_i = static[self.edges[:, 0]][:, None]
-        self.static_j = static[self.edges[:, 1]][:, None]
+        self.static_1 = static[self.edges[:, 0]][:, None]
+        self.static_2 = static[self.edges[:, 1]][:, None]
         self.flow_weight = self.config.flow_weight if weight is None else float(weight)
         self.flow_start_iteration = float(start_iteration)
 
     def flow_loss(self) -> Tensor:
-        """Smooth-L1 distance between induced (ego) flow and the observed flow on static pixels, both directions."""
-        if self.flow_ij is None or self.flow_ji is None or self.static_i is None or self.static_j is None:
-            raise RuntimeError("set_flow() must be called before flow_loss()")
+        """Smooth-L1 distance between induced (ego) flow and the observed flow on static pixels, both directions.
+
+        Returns:
+            ``()`` tensor.
+
+        Raises:
+            Easi3RRuntimeError: :meth:`set_flow` was not called.
+        """
+        if self.flow_12 is None or self.flow_21 is None or self.static_1 is None or self.static_2 is None:
+            raise Easi3RRuntimeError("set_flow() must be called before flow_loss()")
         pose = self.get_cam2world()
         K = self.get_intrinsics()
         K_inv = torch.linalg.inv(K)
         depth = self.get_depthmaps()
         ei, ej = self.edges[:, 0], self.edges[:, 1]
-        ego_ij = induced_flow(depth[ei], pose[ei], pose[ej], K_inv[ei], K[ej])
-        ego_ji = induced_flow(depth[ej], pose[ej], pose[ei], K_inv[ej], K[ei])
+        ego_12 = induced_flow(depth[ei], pose[ei], pose[ej], K_inv[ei], K[ej])
+        ego_21 = induced_flow(depth[ej], pose[ej], pose[ei], K_inv[ej], K[ei])
         thr = self.config.flow_pixel_threshold
-        return masked_smooth_l1(ego_ij, self.flow_ij, self.static_i, thr) + masked_smooth_l1(
-            ego_ji, self.flow_ji, self.static_j, thr
+        return masked_smooth_l1(ego_12, self.flow_12, self.static_1, thr) + masked_smooth_l1(
+            ego_21, self.flow_21, self.static_2, thr
         )
 
     # ------------------------------------------------------------------ loss
     def alignment_loss(self) -> tuple[Tensor, Tensor]:
-        """``(l_i, l_j)``: log-confidence weighted distances, each divided by the total pixel count ``P H W``."""
+        """``(l_1, l_2)``: log-confidence weighted distances of the view-1 / view-2 points, each divided by the total
+        pixel count ``P H W`` (``()`` tensors)."""
         world = self._world_points()
         pw = self.get_pw_poses()
         area = float(self.n_edges * self.height * self.width)
-        n_edges = self.n_edges
-        li = alignment_residual_sum(
-            world,
-            pw,
-            self.pred_i,
-            self.conf_i.reshape(n_edges, -1),
-            self.edges[:, 0],
-            log_weight=True,
-            block=self.block,
+        l_1, l_2 = (
+            alignment_residual_sum(
+                world, pw, pred, conf.reshape(self.n_edges, -1), frames, log_weight=True, block=self.block
+            )
+            / area
+            for pred, conf, frames in (
+                (self.pred_1, self.conf_1, self.edges[:, 0]),
+                (self.pred_2, self.conf_2, self.edges[:, 1]),
+            )
         )
-        lj = alignment_residual_sum(
-            world,
-            pw,
-            self.pred_j,
-            self.conf_j.reshape(n_edges, -1),
-            self.edges[:, 1],
-            log_weight=True,
-            block=self.block,
-        )
-        return li / area, lj / area
+        return l_1, l_2
 
     def forward(self, iteration: int | None = None) -> Tensor:
-        """Total loss ``l_i + l_j + w_temp L_temp + w_flow L_flow`` of the current state.
+        """Total loss ``l_1 + l_2 + w_temp L_temp + w_flow L_flow`` of the current state (``()`` tensor).
 
         Args:
             iteration: optimiser step index; decides whether the flow term is active (None: all terms active, as
                 the reference's default ``epoch=9999`` used for its ``init loss``).
         """
-        li, lj = self.alignment_loss()
-        loss = li + lj
+        l_1, l_2 = self.alignment_loss()
+        loss = l_1 + l_2
         cfg = self.config
         if cfg.temporal_smoothing_weight > 0:
             loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(
@@ -497,7 +535,7 @@ class PointmapAligner(nn.Module):
             )
         if (
             self.flow_weight > 0
-            and self.flow_ij is not None
+            and self.flow_12 is not None
             and (iteration is None or iteration >= self.flow_start_iteration)
         ):
             flow = self.flow_loss()
@@ -508,38 +546,40 @@ class PointmapAligner(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_mst(self, pnp_override: dict[int, Tensor] | None = None) -> MSTInit:
-        """Initialise every parameter from the maximum spanning tree of the pair graph (official ``init='mst'``).
+    def init_mst(self) -> MSTInit:
+        """Initialise every parameter from the maximum spanning tree of the pair graph (official ``init='mst'``,
+        ``dust3r/cloud_opt/init_im_poses.py`` ``init_minimum_spanning_tree``).
 
         Steps: :func:`~easi3r.align.mst.mst_initialisation` (chained points, focals, poses incl. RANSAC-PnP);
         with pinned poses, a Sim(3) fit of the tree's cameras onto them, applied to poses and points; per-edge
         weighted Procrustes for the pairwise similarities; scale normalisation (geometric mean ``base_scale``);
         depth = z of the chained points in each camera; shared focal = mean of the per-frame estimates.
 
-        Args:
-            pnp_override: frame -> ``(4, 4)`` cam-to-world replacing RANSAC-PnP's result for that frame.
-
         Returns:
             The :class:`~easi3r.align.mst.MSTInit` record (tree log, PnP frames, the tree's raw state).
         """
+        return self._init_mst()
+
+    @torch.no_grad()
+    def _init_mst(self, pnp_override: dict[int, Tensor] | None = None) -> MSTInit:
+        """:meth:`init_mst`, with the private testing seam ``pnp_override`` (frame -> ``(4, 4)`` cam-to-world
+        replacing RANSAC-PnP's result for that frame; see :func:`~easi3r.align.mst.mst_initialisation`)."""
         cfg = self.config
         n, n_edges = self.n_frames, self.n_edges
         h, w = self.height, self.width
-        pts_i = self.pred_i.reshape(n_edges, h, w, 3)
-        pts_j = self.pred_j.reshape(n_edges, h, w, 3)
         known_focals = None if self.known_focal is None else self.known_focal.tolist()
         mst = mst_initialisation(
             self.edges,
-            pts_i,
-            pts_j,
-            self.conf_i,
-            self.conf_j,
+            self.pred_1.reshape(n_edges, h, w, 3),
+            self.pred_2.reshape(n_edges, h, w, 3),
+            self.conf_1,
+            self.conf_2,
             self.im_conf,
             min_conf_thr=cfg.min_conf_thr,
             pnp_iterations=cfg.pnp_iterations,
             pnp_reprojection_error=cfg.pnp_reprojection_error,
-            pnp_override=pnp_override,
             known_focals=known_focals,
+            _pnp_override=pnp_override,
         )
         self.mst = mst
         poses = mst.cam2world.clone()
@@ -556,7 +596,7 @@ class PointmapAligner(nn.Module):
         # per edge (a one-off cost): roma's batched float32 path accumulates differently (errors ~1e-3 on 2e5
         # points), and the reference registers edge by edge.
         for e, i in enumerate(self.edges[:, 0].tolist()):
-            s, R, T = procrustes(self.pred_i[e], points[i], self.conf_i[e])
+            s, R, T = procrustes(self.pred_1[e], points[i], self.conf_1[e])
             self.pw_params.data[e, :4] = roma.rotmat_to_unitquat(R)
             self.pw_params.data[e, 4:7] = signed_log1p(T / s)
             # log in float64 then rounded, as the reference's np.log(float(s))

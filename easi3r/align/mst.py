@@ -1,11 +1,16 @@
 """Minimum-spanning-tree initialisation of the global alignment (DUSt3R / MonST3R ``init='mst'``).
 
+Official counterpart: ``dust3r/cloud_opt/init_im_poses.py``, ``init_minimum_spanning_tree`` and
+``minimum_spanning_tree`` (with ``fast_pnp`` and ``dust3r/post_process.py`` ``estimate_focal_knowing_depth``).
+Edges ``(i, j)`` follow the package convention: frame ``i`` is view 1 (the reference, whose camera frame both
+pointmaps of the pair are expressed in) and frame ``j`` is view 2.
+
 The pairwise pointmaps are chained along the maximum-confidence spanning tree of the pair graph: starting from the
 strongest pair, every tree edge registers (weighted Procrustes with scale) the new frame's pointmap onto the
 already placed one. This module reproduces the official algorithm **including its quirks**, because they decide the
 initial state and hence the optimised result:
 
-* the focal of a frame met for the first time as view 1 of a tree edge is estimated from the ``pred_i`` of the
+* the focal of a frame met for the first time as view 1 of a tree edge is estimated from the view-1 pointmap of the
   *previously processed* edge (a stale loop variable in the reference code);
 * only the first image of each tree edge (its view 1) receives a pose from the tree; every frame left without one
   is posed by RANSAC-PnP on its chained points (``cv2.solvePnPRansac`` with SQPnP), identity when that fails;
@@ -26,8 +31,8 @@ import torch
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from torch import Tensor
 
-from ..errors import Easi3RInputError
-from .geometry import estimate_focal, procrustes, sim3_matrix, transform_points
+from ..errors import Easi3RInputError, Easi3RRuntimeError
+from .geometry import estimate_focal, pixel_grid, procrustes, sim3_matrix, transform_points
 
 __all__ = ["MSTEdge", "MSTInit", "edge_scores", "image_confidence", "mst_initialisation", "ransac_pnp"]
 
@@ -38,18 +43,18 @@ class MSTEdge:
 
     Attributes:
         i, j: frames of the directed edge (view 1, view 2).
-        score: ``mean(conf_i) * mean(conf_j)`` of that edge.
-        placed_i, placed_j: whether this step placed frame ``i`` / ``j`` (both for the root edge).
+        score: ``mean(conf_1) * mean(conf_2)`` of that edge.
+        placed_1, placed_2: whether this step placed frame ``i`` (view 1) / ``j`` (view 2); both for the root edge.
     """
 
     i: int
     j: int
     score: float
-    placed_i: bool
-    placed_j: bool
+    placed_1: bool
+    placed_2: bool
 
     def __str__(self) -> str:
-        return f"({self.i}{'*' if self.placed_i else ''},{self.j}{'*' if self.placed_j else ''}) {self.score:.3f}"
+        return f"({self.i}{'*' if self.placed_1 else ''},{self.j}{'*' if self.placed_2 else ''}) {self.score:.3f}"
 
 
 @dataclass
@@ -61,7 +66,7 @@ class MSTInit:
         focals: ``T`` focal lengths in pixels (Python floats, as the reference keeps them).
         cam2world: ``(T, 4, 4)`` initial camera-to-world poses (rotation + translation, no scale).
         log: the tree walk in processing order (root first).
-        pnp_frames: frames whose pose came from RANSAC-PnP (or the override), in frame order.
+        pnp_frames: frames whose pose came from RANSAC-PnP (or a test's override of it), in frame order.
         pnp_results: the cam-to-world returned for each of ``pnp_frames`` (None where PnP failed).
     """
 
@@ -73,27 +78,37 @@ class MSTInit:
     pnp_results: dict[int, Tensor | None] = field(default_factory=dict)
 
 
-def image_confidence(edges: Tensor, conf_i: Tensor, conf_j: Tensor, n_frames: int) -> Tensor:
+def image_confidence(edges: Tensor, conf_1: Tensor, conf_2: Tensor, n_frames: int) -> Tensor:
     """Per-frame confidence ``im_conf``: elementwise max of every raw confidence map of the frame (both roles).
 
+    Official ``dust3r/cloud_opt/base_opt.py``, ``BasePCOptimizer._compute_img_conf``.
+
     Args:
-        edges: ``(P, 2)`` int64 ``(i, j)``.
-        conf_i, conf_j: ``(P, H, W)`` raw confidences of view 1 / view 2.
+        edges: ``(P, 2)`` int64 ``(i, j)``: frame of view 1 and of view 2.
+        conf_1, conf_2: ``(P, H, W)`` raw confidences of view 1 / view 2.
         n_frames: ``T``.
 
     Returns:
         ``(T, H, W)``; zeros for a frame that appears in no edge.
     """
-    out = conf_i.new_zeros((n_frames,) + tuple(conf_i.shape[1:]))
+    out = conf_1.new_zeros((n_frames,) + tuple(conf_1.shape[1:]))
     flat = out.reshape(n_frames, -1)
-    for idx, conf in ((edges[:, 0], conf_i), (edges[:, 1], conf_j)):
+    for idx, conf in ((edges[:, 0], conf_1), (edges[:, 1], conf_2)):
         flat.scatter_reduce_(0, idx[:, None].expand(-1, flat.shape[1]), conf.reshape(len(idx), -1), "amax")
     return out
 
 
-def edge_scores(conf_i: Tensor, conf_j: Tensor) -> Tensor:
-    """Pair score ``mean(conf_i) * mean(conf_j)`` per edge: ``(P,)`` in the inputs' dtype."""
-    return conf_i.flatten(1).mean(dim=1) * conf_j.flatten(1).mean(dim=1)
+def edge_scores(conf_1: Tensor, conf_2: Tensor) -> Tensor:
+    """Pair score ``mean(conf_1) * mean(conf_2)`` per edge (official ``init_im_poses.py`` ``compute_edge_scores``
+    with ``conf='mean'``).
+
+    Args:
+        conf_1, conf_2: ``(P, H, W)`` raw confidences of view 1 / view 2.
+
+    Returns:
+        ``(P,)`` in the inputs' dtype.
+    """
+    return conf_1.flatten(1).mean(dim=1) * conf_2.flatten(1).mean(dim=1)
 
 
 def ransac_pnp(
@@ -104,9 +119,11 @@ def ransac_pnp(
     iterations: int = 10,
     reprojection_error: float = 5.0,
 ) -> tuple[float, Tensor] | None:
-    """Camera pose of a frame from its world pointmap, by RANSAC-PnP (OpenCV SQPnP).
+    """Camera pose of a frame from its world pointmap, by RANSAC-PnP (OpenCV SQPnP; official ``init_im_poses.py``
+    ``fast_pnp``).
 
-    Pixel ``(x, y)`` of the integer grid is assumed to see ``points[y, x]``; the principal point is ``(W/2, H/2)``.
+    Pixel ``(x, y)`` of :func:`~easi3r.align.geometry.pixel_grid` is assumed to see ``points[y, x]``; the principal
+    point is ``(W/2, H/2)``.
 
     Args:
         points: ``(H, W, 3)`` world points of the frame.
@@ -124,12 +141,14 @@ def ransac_pnp(
     pts = points.detach().cpu().numpy().astype(np.float32, copy=False)
     msk = mask.detach().cpu().numpy().astype(bool)
     h, w, _ = pts.shape
-    pixels = np.stack(np.meshgrid(np.arange(w), np.arange(h), indexing="xy"), axis=-1).astype(np.float32)
-    candidates = [float(focal)] if focal is not None else list(np.geomspace(max(w, h) / 2, max(w, h) * 3, 21))
+    pixels = pixel_grid(h, w, dtype=torch.float32).numpy()
+    candidates: list[float] = (
+        [float(focal)] if focal is not None else np.geomspace(max(w, h) / 2, max(w, h) * 3, 21).tolist()
+    )
     best: tuple[int, np.ndarray, np.ndarray, float] | None = None
     obj, img = pts[msk], pixels[msk]
     for f in candidates:
-        K = np.float32([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)])
+        K = np.array([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)], dtype=np.float32)
         ok, rvec, tvec, inliers = cv2.solvePnPRansac(
             obj,
             img,
@@ -164,30 +183,32 @@ def _sparse_graph(edges: list[tuple[int, int]], scores: list[float], n_frames: i
 @torch.no_grad()
 def mst_initialisation(
     edges: Tensor,
-    pts_i: Tensor,
-    pts_j: Tensor,
-    conf_i: Tensor,
-    conf_j: Tensor,
+    pts_1: Tensor,
+    pts_2: Tensor,
+    conf_1: Tensor,
+    conf_2: Tensor,
     im_conf: Tensor,
     *,
     min_conf_thr: float = 2.5,
     pnp_iterations: int = 10,
     pnp_reprojection_error: float = 5.0,
-    pnp_override: dict[int, Tensor] | None = None,
     known_focals: list[float] | None = None,
+    _pnp_override: dict[int, Tensor] | None = None,
 ) -> MSTInit:
-    """Chain the pairwise pointmaps along the maximum-confidence spanning tree (official ``init='mst'``).
+    """Chain the pairwise pointmaps along the maximum-confidence spanning tree (official ``init='mst'``,
+    ``init_im_poses.py`` ``minimum_spanning_tree``).
 
     Args:
-        edges: ``(P, 2)`` int64 directed edges ``(i, j)``.
-        pts_i, pts_j: ``(P, H, W, 3)`` view-1 / view-2 points in view 1's camera frame.
-        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1).
+        edges: ``(P, 2)`` int64 directed edges ``(i, j)``: frame of view 1 and of view 2.
+        pts_1, pts_2: ``(P, H, W, 3)`` view-1 / view-2 points in view 1's camera frame.
+        conf_1, conf_2: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
         im_conf: ``(T, H, W)`` per-frame max confidence (:func:`image_confidence`); masks the PnP points.
         min_conf_thr: PnP uses the pixels with ``im_conf > min_conf_thr``.
-        pnp_iterations, pnp_reprojection_error: RANSAC settings.
-        pnp_override: frame -> ``(4, 4)`` cam-to-world used instead of PnP's result for that frame (testing hook:
-            RANSAC with 10 iterations is chaotic under 1e-5 input changes).
+        pnp_iterations, pnp_reprojection_error: RANSAC settings (iterations; inlier threshold in pixels).
         known_focals: ``T`` focals in pixels replacing every estimate (pinned intrinsics).
+        _pnp_override: private testing seam: frame -> ``(4, 4)`` cam-to-world used instead of PnP's result for
+            that frame (RANSAC with 10 iterations is chaotic under 1e-5 input changes, so a golden comparison pins
+            it to the official result).
 
     Returns:
         :class:`MSTInit`.
@@ -196,11 +217,11 @@ def mst_initialisation(
         Easi3RInputError: the pair graph does not connect all frames.
     """
     n_frames = im_conf.shape[0]
-    device, dtype = pts_i.device, pts_i.dtype
+    device, dtype = pts_1.device, pts_1.dtype
     edge_list = [(int(i), int(j)) for i, j in edges.tolist()]
     # A repeated edge keeps its last occurrence, as the official dict keyed by "i_j" does.
     index = {e: k for k, e in enumerate(edge_list)}
-    scores_t = edge_scores(conf_i, conf_j)
+    scores_t = edge_scores(conf_1, conf_2)
     unique = list(index)
     scores = [float(scores_t[index[e]]) for e in unique]
 
@@ -214,7 +235,7 @@ def mst_initialisation(
     def focal_of(frame: int, key: tuple[int, int]) -> float:
         if known_focals is not None:
             return float(known_focals[frame])
-        return float(estimate_focal(pts_i[index[key]]))
+        return float(estimate_focal(pts_1[index[key]]))
 
     points: list[Tensor | None] = [None] * n_frames
     poses: list[Tensor | None] = [None] * n_frames
@@ -223,8 +244,8 @@ def mst_initialisation(
 
     score, i, j = todo.pop()
     key = (i, j)
-    points[i] = pts_i[index[key]].clone()
-    points[j] = pts_j[index[key]].clone()
+    points[i] = pts_1[index[key]].clone()
+    points[j] = pts_2[index[key]].clone()
     poses[i] = torch.eye(4, dtype=dtype, device=device)
     focals[i] = focal_of(i, key)
     done = {i, j}
@@ -239,16 +260,16 @@ def mst_initialisation(
             key = (i, j)
             e = index[key]
             if i in done:
-                s, R, T = procrustes(pts_i[e], points[i], conf_i[e])
-                points[j] = transform_points(sim3_matrix(s, R, T), pts_j[e])
+                s, R, T = procrustes(pts_1[e], _placed(points, i), conf_1[e])
+                points[j] = transform_points(sim3_matrix(s, R, T), pts_2[e])
                 done.add(j)
-                log.append(MSTEdge(i, j, score, placed_i=False, placed_j=True))
+                log.append(MSTEdge(i, j, score, placed_1=False, placed_2=True))
             else:
-                s, R, T = procrustes(pts_j[e], points[j], conf_j[e])
-                points[i] = transform_points(sim3_matrix(s, R, T), pts_i[e])
+                s, R, T = procrustes(pts_2[e], _placed(points, j), conf_2[e])
+                points[i] = transform_points(sim3_matrix(s, R, T), pts_1[e])
                 done.add(i)
-                log.append(MSTEdge(i, j, score, placed_i=True, placed_j=False))
-            # Both branches give view 1's camera-to-world: pred_i and pred_j live in camera i's frame.
+                log.append(MSTEdge(i, j, score, placed_1=True, placed_2=False))
+            # Both branches give view 1's camera-to-world: pts_1 and pts_2 live in camera i's frame.
             if poses[i] is None:
                 poses[i] = sim3_matrix(1.0, R, T)
         else:
@@ -263,7 +284,7 @@ def mst_initialisation(
 
     pnp_frames: list[int] = []
     pnp_results: dict[int, Tensor | None] = {}
-    override = pnp_override or {}
+    override = _pnp_override or {}
     for t in range(n_frames):
         if poses[t] is not None:
             continue
@@ -274,7 +295,7 @@ def mst_initialisation(
             poses[t] = pose
             continue
         res = ransac_pnp(
-            points[t],
+            _placed(points, t),
             focals[t],
             im_conf[t] > min_conf_thr,
             iterations=pnp_iterations,
@@ -287,6 +308,16 @@ def mst_initialisation(
             poses[t] = torch.eye(4, dtype=dtype, device=device)
 
     # A frame that is view 2 only and whose PnP sweep failed has no focal: fall back to the default init value.
-    h, w = pts_i.shape[1:3]
+    h, w = pts_1.shape[1:3]
     final_focals = [float(max(h, w)) if f is None else float(f) for f in focals]
-    return MSTInit(torch.stack(points), final_focals, torch.stack(poses), log, pnp_frames, pnp_results)
+    placed_points = [_placed(points, t) for t in range(n_frames)]
+    placed_poses = [_placed(poses, t) for t in range(n_frames)]
+    return MSTInit(torch.stack(placed_points), final_focals, torch.stack(placed_poses), log, pnp_frames, pnp_results)
+
+
+def _placed(items: list[Tensor | None], frame: int) -> Tensor:
+    """``items[frame]``, which the tree walk has set by now (the graph is connected, checked up front)."""
+    item = items[frame]
+    if item is None:
+        raise Easi3RRuntimeError(f"the spanning-tree walk left frame {frame} unplaced")
+    return item

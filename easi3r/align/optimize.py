@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._checks import check_shape
 from ..config import AlignConfig
 from ..errors import Easi3RInputError
 from .flow import DISFlow, FlowProvider, compute_edge_flows
-from .model import PointmapAligner, check_pairwise_inputs
+from .model import PointmapAligner
 from .mst import MSTEdge
 
 __all__ = ["Alignment", "global_align", "learning_rate", "run_optimisation"]
@@ -104,10 +105,10 @@ def run_optimisation(
 
 def global_align(
     edges: Tensor,
-    pts_i: Tensor,
-    pts_j: Tensor,
-    conf_i: Tensor,
-    conf_j: Tensor,
+    pts_1: Tensor,
+    pts_2: Tensor,
+    conf_1: Tensor,
+    conf_2: Tensor,
     *,
     config: AlignConfig | None = None,
     images: np.ndarray | Tensor | None = None,
@@ -115,21 +116,21 @@ def global_align(
     flow_provider: FlowProvider | None = None,
     known_focal: float | Tensor | None = None,
     known_poses: Tensor | None = None,
-    pnp_override: dict[int, Tensor] | None = None,
     progress: bool = True,
     n_frames: int | None = None,
 ) -> Alignment:
     """Globally align pairwise pointmaps into one world: cameras, intrinsics and per-frame depth.
 
-    Reproduces the official Easi3R/MonST3R ``PointCloudOptimizer`` (batchify mode): MST initialisation, then
+    Reproduces the official Easi3R/MonST3R ``PointCloudOptimizer`` (batchify mode; official
+    ``dust3r/cloud_opt/base_opt.py`` ``BasePCOptimizer.compute_global_alignment``): MST initialisation, then
     Adam on the log-confidence weighted point distance, plus the optical-flow term (static pixels only) when
     ``config.flow_weight > 0`` and the temporal smoothness term when its weight is > 0.
 
     Args:
         edges: ``(P, 2)`` int64; row ``e = (i, j)``: frame of view 1 and of view 2.
-        pts_i: ``(P, H, W, 3)`` float32 view-1 pointmap in view 1's camera frame.
-        pts_j: ``(P, H, W, 3)`` float32 view-2 pointmap in view 1's camera frame.
-        conf_i, conf_j: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
+        pts_1: ``(P, H, W, 3)`` float32 view-1 pointmap in view 1's camera frame.
+        pts_2: ``(P, H, W, 3)`` float32 view-2 pointmap in view 1's camera frame.
+        conf_1, conf_2: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
         config: alignment settings (defaults: the official demo's pass 2).
         images: ``(T, H, W, 3)`` uint8 RGB frames; needed only by the flow term.
         masks: ``(T, H, W)`` bool dynamic masks, excluded from the flow term (None: every pixel static).
@@ -137,7 +138,6 @@ def global_align(
         known_focal: focal(s) in pixels to pin: scalar or ``(T,)``.
         known_poses: ``(T, 4, 4)`` cam-to-world to pin (not optimised; the pairwise scales are then not
             normalised, the known poses fix the world scale).
-        pnp_override: testing hook: frame -> cam-to-world used instead of the MST's RANSAC-PnP result.
         progress: show a tqdm bar with the loss.
         n_frames: ``T``, checked against the edges (default ``edges.max() + 1``; every frame must be in an edge).
 
@@ -151,23 +151,30 @@ def global_align(
     cfg = AlignConfig() if config is None else config
     if not isinstance(cfg, AlignConfig):
         raise Easi3RInputError(f"config must be an AlignConfig, got {type(cfg).__name__}")
-    n = check_pairwise_inputs(edges, pts_i, pts_j, conf_i, conf_j, n_frames)
-    h, w = pts_i.shape[1:3]
-    if masks is not None and tuple(masks.shape) != (n, h, w):
-        raise Easi3RInputError(f"masks must have shape {(n, h, w)}, got {tuple(masks.shape)}")
+    # The aligner validates the pairwise inputs (once); the frame count and size below come from it.
     aligner = PointmapAligner(
-        edges, pts_i, pts_j, conf_i, conf_j, config=cfg, n_frames=n, known_focal=known_focal, known_poses=known_poses
+        edges,
+        pts_1,
+        pts_2,
+        conf_1,
+        conf_2,
+        config=cfg,
+        n_frames=n_frames,
+        known_focal=known_focal,
+        known_poses=known_poses,
     )
+    dims = {"T": aligner.n_frames, "H": aligner.height, "W": aligner.width}
+    if masks is not None:
+        check_shape(masks, "T H W", "masks", dims=dims)
     if cfg.flow_weight > 0:
         if images is None:
             raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")
-        if tuple(images.shape[:3]) != (n, h, w):
-            raise Easi3RInputError(f"images must have shape {(n, h, w, 3)}, got {tuple(images.shape)}")
+        check_shape(images, "T H W 3", "images", dims=dims)
         provider = DISFlow() if flow_provider is None else flow_provider
-        flow_ij, flow_ji = compute_edge_flows(images, aligner.edges, provider, device=pts_i.device)
-        aligner.set_flow(flow_ij, flow_ji, masks, start_iteration=cfg.iterations * cfg.flow_start)
+        flow_12, flow_21 = compute_edge_flows(images, aligner.edges, provider, device=pts_1.device)
+        aligner.set_flow(flow_12, flow_21, masks, start_iteration=cfg.iterations * cfg.flow_start)
 
-    mst = aligner.init_mst(pnp_override=pnp_override)
+    mst = aligner.init_mst()
     with torch.no_grad():
         init_loss = float(aligner())
     loss = run_optimisation(aligner, cfg, progress=progress)
