@@ -43,7 +43,7 @@ from .device import resolve_device
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, Easi3RError, Easi3RInputError, first_line
 from .export.atomic import atomic_write_text
-from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_video_path
 from .pipeline import Easi3R
 
 __all__ = [
@@ -300,8 +300,8 @@ def run_many(
     plan: tuple[list[int], list[int]] = ([], [])
     if ctx.is_main:
         counted = [count_frames(p) for p in sources]
-        cap = config.max_frames
-        work = [min(n, cap) if cap is not None else n for n in counted]
+        work = [min(n, cap) if (cap := config.frame_limit(is_video_path(p))) is not None else n
+                for n, p in zip(counted, sources)]  # fmt: skip
         plan = (counted, assign_ranks(work, ctx.world_size))
     # One rank reads the file system and plans, so that every rank acts on the same plan.
     counted, ranks = broadcast_object(ctx, plan)

@@ -6,7 +6,7 @@ coordinates with OpenCV axes (x right, y down, z forward).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import overload
 
 import numpy as np
 import roma
@@ -17,10 +17,12 @@ from ._checks import check_shape
 
 __all__ = ["rigid_inverse"]
 
-PoseT = TypeVar("PoseT", Tensor, np.ndarray)
 
-
-def rigid_inverse(transform: PoseT) -> PoseT:
+@overload
+def rigid_inverse(transform: Tensor) -> Tensor: ...
+@overload
+def rigid_inverse(transform: np.ndarray) -> np.ndarray: ...
+def rigid_inverse(transform: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """Inverse of rigid transforms without a general matrix inverse: ``[R | t]^-1 = [R^T | -R^T t]``.
 
     Args:
@@ -38,5 +40,5 @@ def rigid_inverse(transform: PoseT) -> PoseT:
     check_shape(transform, "* 4 4", "transform")
     as_numpy = isinstance(transform, np.ndarray)
     x = torch.from_numpy(np.ascontiguousarray(transform)) if as_numpy else transform
-    inverse = roma.Rigid(x[..., :3, :3], x[..., :3, 3]).inverse().to_homogeneous()
+    inverse: Tensor = roma.Rigid(x[..., :3, :3], x[..., :3, 3]).inverse().to_homogeneous()
     return inverse.numpy() if as_numpy else inverse

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -97,12 +96,7 @@ def encode_frames(backbone: Backbone, images: Tensor, *, batch_size: int = 4, pr
             range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress, leave=False
         ):
             parts.append(backbone.encode(images[s : s + batch_size].to(backbone.device)))
-    return EncodedImages(
-        torch.cat([p.tokens for p in parts]),
-        torch.cat([p.positions for p in parts]),
-        parts[0].image_size,
-        parts[0].patch_size,
-    )
+    return EncodedImages.concat(parts)
 
 
 def run_pass(
@@ -140,7 +134,7 @@ def run_pass(
     pointmaps = None
     if heads:
         # Written in place batch by batch: concatenating lists at the end would hold every pointmap twice.
-        n, (hh, ww) = len(edges), encoded.image_size
+        n, (hh, ww) = len(edges), encoded.size
         pointmaps = PairPointmaps(
             edges,
             pts_1=torch.empty(n, hh, ww, 3, device=device),
@@ -312,7 +306,7 @@ class Easi3R:
 
     def cluster(self, encoded: EncodedImages) -> Tensor:
         """``(T, h, w)`` int64 k-means labels of the encoder tokens (the cluster fusion's clusters), on CPU."""
-        features = rearrange(encoded.tokens, "t (h w) c -> t h w c", h=encoded.grid[0])
+        features = encoded.token_grid()
         return cluster_labels(
             features.float().cpu(), n_clusters=self.config.clusters, random_state=self.config.cluster_seed
         )
@@ -327,7 +321,7 @@ class Easi3R:
             output.attention, labels, frames.size, threshold=self.config.threshold, progress=progress, desc=desc
         )
         if self.mask_refiner is not None:
-            seg.masks = apply_refiner(self.mask_refiner, frames.rgb, seg.masks)
+            seg.masks = torch.as_tensor(apply_refiner(self.mask_refiner, frames.rgb, seg.masks))
         return seg
 
     def align(
@@ -399,7 +393,7 @@ class Easi3R:
         keep = trace is not None and trace.keep_pair_maps
         if trace is not None:
             trace.frames, trace.edges, trace.cluster_labels, trace.alignment_mode = frames, edges, labels, mode
-            trace.features = rearrange(encoded.tokens, "t (h w) c -> t h w c", h=encoded.grid[0]).cpu()
+            trace.features = encoded.token_grid().cpu()
 
         # Pointmaps come from the last pass (pass 2, or pass 1 without re-weighting), and only in global mode.
         heads_1 = mode == "global" and not cfg.reweight

@@ -89,7 +89,7 @@ def test_pair_order_changes_maps_by_less_than_1e6(fixture_run, pipeline_npz):
     assert (reversed_dyn - trace.segmentation1.dynamic_map).abs().max() < 1e-6
 
 
-def test_reconstruction_fields(fixture_run):
+def test_reconstruction_fields(fixture_run, preprocess_npz):
     rec, trace = fixture_run
     assert isinstance(rec, Reconstruction)
     T, H, W, h, w = 6, 384, 512, 24, 32
@@ -111,7 +111,9 @@ def test_reconstruction_fields(fixture_run):
     assert all(v.shape == (T, h, w) for v in rec.attention.values())
     # The masks are the segmentation's final (pass-2) masks.
     assert np.array_equal(rec.masks, trace.segmentation2.masks.numpy())
-    np.testing.assert_array_equal(rec.images, load_frames(FRAME_FILES).rgb)
+    # The processed frames are the official loader's (its tensors are exactly (u8 / 255 - 0.5) / 0.5).
+    official_rgb = np.round((preprocess_npz["img"] * 0.5 + 0.5) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(rec.images, official_rgb)
     # Cameras: proper rotations; intrinsics: shared focal, centred principal point.
     R = torch.from_numpy(rec.cam2world[:, :3, :3])
     assert roma.is_rotation_matrix(R, epsilon=1e-4)

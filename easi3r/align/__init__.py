@@ -1,6 +1,8 @@
 """Global alignment of pairwise pointmaps (DUSt3R / MonST3R / Easi3R ``PointCloudOptimizer``).
 
-Entry point: :func:`global_align`. Building blocks: :class:`PointmapAligner` (state, loss, accessors),
+Entry points: :func:`global_align` (every pair at once, the official mode) and :func:`window_align` (MonST3R's
+window-wise mode: overlapping windows aligned one at a time, stitched by Sim(3)). Building blocks:
+:class:`PointmapAligner` (state, loss, accessors),
 :func:`mst_initialisation` (spanning-tree init), flow providers (:class:`DISFlow`) and the flow term.
 """
 
@@ -11,10 +13,13 @@ from .geometry import align_poses_sim3, estimate_focal, signed_expm1, signed_log
 from .model import PointmapAligner, alignment_residual_sum, relative_pose_loss
 from .mst import MSTEdge, MSTInit, edge_scores, image_confidence, mst_initialisation, ransac_pnp
 from .optimize import Alignment, global_align, learning_rate, run_optimisation
+from .window import InMemoryPointmaps, PointmapSource, plan_windows, window_align, window_edge_indices
 
 __all__ = [
     "Alignment",
     "DISFlow",
+    "InMemoryPointmaps",
+    "PointmapSource",
     "FlowProvider",
     "MSTEdge",
     "MSTInit",
@@ -30,9 +35,12 @@ __all__ = [
     "learning_rate",
     "masked_smooth_l1",
     "mst_initialisation",
+    "plan_windows",
     "ransac_pnp",
     "relative_pose_loss",
     "run_optimisation",
     "signed_expm1",
     "signed_log1p",
+    "window_align",
+    "window_edge_indices",
 ]

@@ -60,11 +60,6 @@ class EncodedImages:
         return cls(tokens, torch.cat([p.positions for p in parts]), parts[0].size, parts[0].patch_size)
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        """Deprecated alias of :attr:`size` (``(H, W)`` in pixels)."""
-        return self.size
-
-    @property
     def grid(self) -> tuple[int, int]:
         """Token grid ``(h, w) = (H / patch_size, W / patch_size)``."""
         return self.size[0] // self.patch_size, self.size[1] // self.patch_size
