@@ -81,10 +81,10 @@ def reference_outputs(fixture_run) -> dict[str, torch.Tensor]:
         "p1_cross_attn_2": p1.pair_maps[1],
         "p2_cross_attn_1": p2.pair_maps[0],
         "p2_cross_attn_2": p2.pair_maps[1],
-        "pts_i": pm.pts_i,
-        "pts_j": pm.pts_j,
-        "conf_i": pm.conf_i,
-        "conf_j": pm.conf_j,
+        "pts_1": pm.pts_1,
+        "pts_2": pm.pts_2,
+        "conf_1": pm.conf_1,
+        "conf_2": pm.conf_2,
     }
 
 
@@ -96,4 +96,4 @@ def reference_maps(reference_outputs) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def reference_pass2(reference_outputs) -> dict[str, torch.Tensor]:
-    return {k: reference_outputs[k] for k in ("edges", "pts_i", "pts_j", "conf_i", "conf_j")}
+    return {k: reference_outputs[k] for k in ("edges", "pts_1", "pts_2", "conf_1", "conf_2")}

@@ -49,9 +49,9 @@ def pass2(reference_pass2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _aligner(pass2: dict[str, torch.Tensor]) -> PointmapAligner:
-    # (the fixture's keys pts_i / conf_i are the view-1 predictions, pts_j / conf_j the view-2 ones)
+    # (the fixture's keys pts_1 / conf_1 are the view-1 predictions, pts_2 / conf_2 the view-2 ones)
     return PointmapAligner(
-        pass2["edges"], pass2["pts_i"], pass2["pts_j"], pass2["conf_i"], pass2["conf_j"], config=CONFIG
+        pass2["edges"], pass2["pts_1"], pass2["pts_2"], pass2["conf_1"], pass2["conf_2"], config=CONFIG
     )
 
 
@@ -89,7 +89,7 @@ def runs(pass2: dict[str, torch.Tensor], golden: dict[str, np.ndarray]) -> dict[
 
 def test_inputs_are_the_reference_pairs(pass2: dict[str, torch.Tensor], golden: dict[str, np.ndarray]) -> None:
     np.testing.assert_array_equal(pass2["edges"].cpu().numpy(), golden["pairs"])
-    assert tuple(pass2["pts_i"].shape) == (18, 384, 512, 3)
+    assert tuple(pass2["pts_1"].shape) == (18, 384, 512, 3)
 
 
 def test_mst_log_and_pnp_frame(runs: dict[str, object], golden: dict[str, np.ndarray]) -> None:

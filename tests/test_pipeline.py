@@ -69,11 +69,11 @@ def test_pass2_pointmaps_match_official(fixture_run, pipeline_npz):
     def grid(x):
         return x.numpy()[:, rows][:, :, cols]
 
-    np.testing.assert_allclose(grid(pm.pts_i), pipeline_npz["p2_pts3d"], atol=1e-4)
-    np.testing.assert_allclose(grid(pm.pts_j), pipeline_npz["p2_pts3d_in_other_view"], atol=1e-4)
-    np.testing.assert_allclose(grid(pm.conf_i), pipeline_npz["p2_conf"], rtol=1e-4)
-    np.testing.assert_allclose(grid(pm.conf_j), pipeline_npz["p2_conf2"], rtol=1e-4)
-    flat = pm.pts_i.reshape(18, -1).double()
+    np.testing.assert_allclose(grid(pm.pts_1), pipeline_npz["p2_pts3d"], atol=1e-4)
+    np.testing.assert_allclose(grid(pm.pts_2), pipeline_npz["p2_pts3d_in_other_view"], atol=1e-4)
+    np.testing.assert_allclose(grid(pm.conf_1), pipeline_npz["p2_conf"], rtol=1e-4)
+    np.testing.assert_allclose(grid(pm.conf_2), pipeline_npz["p2_conf2"], rtol=1e-4)
+    flat = pm.pts_1.reshape(18, -1).double()
     np.testing.assert_allclose(flat.mean(1).numpy(), pipeline_npz["p2_pts3d_stats"][:, 0], atol=1e-5)
 
 
