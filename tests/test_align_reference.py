@@ -49,7 +49,6 @@ def pass2(reference_pass2: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _aligner(pass2: dict[str, torch.Tensor]) -> PointmapAligner:
-    # (the fixture's keys pts_1 / conf_1 are the view-1 predictions, pts_2 / conf_2 the view-2 ones)
     return PointmapAligner(
         pass2["edges"], pass2["pts_1"], pass2["pts_2"], pass2["conf_1"], pass2["conf_2"], config=CONFIG
     )
