@@ -25,11 +25,12 @@ import time
 import torch
 from common import peak_rss_during, randomize_weights_
 
-from easi3r.attention import aggregate_attention, dynamic_map, fuse_attention
+from easi3r._reference import aggregate_attention
+from easi3r.attention import dynamic_map, fuse_attention
 from easi3r.backbones import DUSt3R, DUSt3RConfig, ScoreMatrixRecorder, create_backbone
 from easi3r.pairs import make_pairs
-from easi3r.pipeline import encode_frames, run_pass, segment
-from easi3r.segment import cluster_fuse, compute_masks
+from easi3r.pipeline import encode_frames, run_pass
+from easi3r.segment import cluster_fuse, cluster_labels, compute_masks, segment
 
 CASES = {
     # ViT-B encoder, a 12 x 12 decoder of width 384 (the official readout's 144 channels), DPT heads.
@@ -62,9 +63,9 @@ def build(case: str, fused_attention: bool):
 
 def easi3r_passes(net, images, edges):
     enc = encode_frames(net, images)
-    features = enc.token_grid()
+    labels = cluster_labels(enc.token_grid().float().cpu())  # once per video: both passes share the tokens
     first = run_pass(net, enc, edges, heads=False, progress=False)
-    seg = segment(first.attention, features, SIZE)
+    seg = segment(first.attention, labels, SIZE)
     second = run_pass(net, enc, edges, masks=seg.masks, heads=True, progress=False)
     return seg.masks, second.pointmaps
 

@@ -148,12 +148,51 @@ def write_run_config(out_dir: str | os.PathLike[str], config: Easi3RConfig, back
     return atomic_write_text(Path(out_dir) / "config.json", json.dumps(payload, indent=2) + "\n")
 
 
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) and prove it is writable with a test file, before any long work starts.
+
+    Raises:
+        Easi3RInputError: ``path`` is a file, lies under a file, or cannot be created or written.
+    """
+    out = Path(path)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is" if parent == out else f"lies under {str(parent)!r}, which is"
+            raise Easi3RInputError(f"output folder {str(out)!r} {where} a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".easi3r-write-test-"):
+            pass
+    except OSError as err:
+        raise Easi3RInputError(f"output folder {str(out)!r} is not writable: {first_line(err)}") from None
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import Easi3R
 
     config = resolve_config(args)
+    inputs = list(args.input) if args.inputs is None else [*args.input, *_read_input_list(args.inputs)]
+    if not inputs:
+        raise Easi3RInputError("no input given (pass INPUT... or --inputs LIST.txt)")
+    check_output_dir(args.out)
+    if len(inputs) > 1:
+        from .batch import run_command
+
+        # Whole videos per rank (under torchrun), each into OUT/<input name>/, resumable.
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return run_command(
+            inputs, args.out, backbone=args.backbone, device=args.device, overrides=fields, quiet=args.quiet
+        )
+    for path in inputs:
+        if not Path(path).exists():
+            raise Easi3RInputError(f"input {path!r} does not exist")
     runner = Easi3R(backbone=args.backbone, device=args.device, config=config)
-    rec = runner.run(args.input, progress=not args.quiet)
+    rec = runner.run(inputs[0], progress=not args.quiet and runner.dist.is_main)
+    if not runner.dist.is_main:
+        return 0  # one video on several processes: every rank holds the result, rank 0 writes it
     written = rec.save(args.out, progress=not args.quiet)
     write_run_config(args.out, runner.config, str(args.backbone))
     if not args.quiet:
@@ -165,9 +204,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_input_list(path: str) -> list[str]:
+    """Inputs listed one per line in a text file (blank lines and ``#`` comments skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise Easi3RInputError(f"cannot read input list {path!r}: {first_line(err)}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_output_dir(args.out)
     print(
         "easi3r demo: synthetic video + a small RANDOMLY INITIALISED network (no download).\n"
         "The masks and geometry are NOT meaningful; this only proves that every stage runs offline."
@@ -216,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     run = sub.add_parser("run", parents=[debug], help="run Easi3R on a video or a folder of frames")
-    run.add_argument("input", help="video file or folder of images")
+    run.add_argument(
+        "input", nargs="*", help="video file(s) or folder(s) of images; several inputs go to OUT/<name>/ each"
+    )
+    run.add_argument("--inputs", default=None, metavar="LIST.txt", help="a text file listing inputs, one per line")
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument(
         "--backbone",

@@ -35,6 +35,7 @@ __all__ = [
     "TORCHRUN_ENV",
     "DistContext",
     "all_gather_objects",
+    "gather_objects",
     "barrier",
     "broadcast_object",
     "init_distributed",
@@ -194,6 +195,21 @@ def all_gather_objects(ctx: DistContext, obj: T) -> list[T]:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
     _collective(ctx, "all_gather_objects", lambda: dist.all_gather_object(out, obj))
+    return out
+
+
+def gather_objects(ctx: DistContext, obj: T, dst: int = 0) -> list[T] | None:
+    """Every rank's ``obj`` in rank order on rank ``dst`` (None elsewhere); ``[obj]`` for a single process.
+
+    Unlike :func:`all_gather_objects`, only ``dst`` holds the gathered objects (memory O(N) on one rank only).
+
+    Raises:
+        Easi3RRuntimeError: a peer failed or the collective timed out.
+    """
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.rank == dst else None
+    _collective(ctx, "gather_objects", lambda: dist.gather_object(obj, out, dst=dst))
     return out
 
 

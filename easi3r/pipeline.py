@@ -39,6 +39,7 @@ from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
 from .config import Easi3RConfig
 from .device import resolve_device
+from .distributed import DistContext, all_gather_objects, broadcast_object, gather_objects, init_distributed
 from .errors import Easi3RInputError
 from .frames import Frames, is_video_path, load_frames
 from .pairs import make_pairs
@@ -80,23 +81,43 @@ class PassOutput:
     pair_maps: tuple[Tensor, Tensor] | None = None
 
 
-def encode_frames(backbone: Backbone, images: Tensor, *, batch_size: int = 4, progress: bool = False) -> EncodedImages:
+def _my_batches(n_items: int, batch_size: int, ctx: DistContext | None) -> list[int]:
+    """Start indices of the batches this rank runs: whole batches, round-robin over the ranks, so that every
+    batch has the composition it has in one process (bit-identical network outputs whatever the world size)."""
+    starts = list(range(0, n_items, batch_size))
+    return starts if ctx is None or not ctx.distributed else starts[ctx.rank :: ctx.world_size]
+
+
+def encode_frames(
+    backbone: Backbone,
+    images: Tensor,
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+    ctx: DistContext | None = None,
+) -> EncodedImages:
     """Encoder tokens of every frame, computed once and in batches (the encoder's activations, not its output,
     dominate its memory).
 
     Args:
         images: ``(T, 3, H, W)`` normalised frames (any device; moved to the backbone's).
+        batch_size: frames per encoder call.
+        ctx: with several processes, each rank encodes a share of the batches and the tokens are all-gathered.
 
     Returns:
         :class:`EncodedImages` of the ``T`` frames on the backbone's device.
     """
-    parts = []
+    parts: dict[int, EncodedImages] = {}
+    mine = _my_batches(len(images), batch_size, ctx)
     with torch.inference_mode():
-        for s in tqdm(
-            range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress, leave=False
-        ):
-            parts.append(backbone.encode(images[s : s + batch_size].to(backbone.device)))
-    return EncodedImages.concat(parts)
+        for s in tqdm(mine, desc="encode", unit="batch", disable=not progress, leave=False):
+            parts[s] = backbone.encode(images[s : s + batch_size].to(backbone.device))
+    if ctx is not None and ctx.distributed:
+        gathered: dict[int, EncodedImages] = {}
+        for shard in all_gather_objects(ctx, {k: v.to("cpu") for k, v in parts.items()}):
+            gathered.update(shard)
+        parts = {k: v.to(backbone.device) for k, v in gathered.items()}
+    return EncodedImages.concat([parts[k] for k in sorted(parts)])
 
 
 def run_pass(
@@ -111,6 +132,7 @@ def run_pass(
     keep_maps: bool = False,
     progress: bool = True,
     desc: str = "pass",
+    ctx: DistContext | None = None,
 ) -> PassOutput:
     """Run the decoders over every edge in batches, streaming the readout into per-frame statistics.
 
@@ -124,10 +146,17 @@ def run_pass(
         batch_size: pairs per network call (batch composition = consecutive edges, so a pair's outputs depend
             only on the edge list and the batch size).
         keep_maps: also return the per-pair readout maps (inspection and tests; O(P) memory).
+        ctx: with several processes, this rank runs its share of whole batches (:func:`_my_batches`); its
+            accumulator then holds only its pairs (merge with :func:`gather_attention`) and its pointmaps are
+            those of its pairs (``pointmaps.edges`` says which).
 
     Returns:
         :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
     """
+    starts = _my_batches(len(edges), batch_size, ctx)
+    if ctx is not None and ctx.distributed:
+        edges = edges[_rank_rows(len(edges), batch_size, ctx.rank, ctx.world_size)]
+        starts = list(range(0, len(edges), batch_size))
     num_frames = len(encoded)
     acc = AttentionAccumulator(num_frames, encoded.grid, backbone.attention_channels) if readout else None
     device = encoded.tokens.device
@@ -146,7 +175,7 @@ def run_pass(
     dev_masks = masks.to(device) if masks is not None else None
     bar = tqdm(total=len(edges), desc=desc, unit="pair", disable=not progress, leave=False)
     with torch.inference_mode():
-        for start in range(0, len(edges), batch_size):
+        for start in starts:
             e = edges[start : start + batch_size]
             i, j = e[:, 0].to(device), e[:, 1].to(device)
             pred = backbone.forward_pair(
@@ -176,6 +205,60 @@ def run_pass(
     bar.close()
     pair_maps = (torch.cat(maps[0]), torch.cat(maps[1])) if keep_maps and maps[0] else None
     return PassOutput(acc, pointmaps, pair_maps)
+
+
+def gather_attention(ctx: DistContext, acc: AttentionAccumulator) -> AttentionAccumulator:
+    """The attention statistics of every rank's pairs, merged in rank order (exact Chan/Welford merges, so the
+    result equals one process's up to float64 rounding)."""
+    if not ctx.distributed:
+        return acc
+    shards = all_gather_objects(ctx, acc)
+    merged = shards[0]
+    for other in shards[1:]:
+        merged = merged.merge(other)
+    return merged
+
+
+def _rank_rows(n_items: int, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """Global indices of the items (edges) that ``rank`` runs, in the order it runs them."""
+    starts = list(range(0, n_items, batch_size))[rank::world_size]
+    if not starts:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.cat([torch.arange(s, min(s + batch_size, n_items)) for s in starts])
+
+
+def gather_pointmaps(ctx: DistContext, pointmaps: PairPointmaps, n_edges: int, batch_size: int) -> PairPointmaps | None:
+    """Every rank's pass-2 pointmaps, in the global edge order, on rank 0 only (None on the other ranks)."""
+    if not ctx.distributed:
+        return pointmaps
+    cpu = PairPointmaps(*(t.to("cpu") for t in dataclasses.astuple(pointmaps)))
+    shards = gather_objects(ctx, cpu)
+    if shards is None:
+        return None
+    device = pointmaps.pts_1.device
+    rows = torch.cat([_rank_rows(n_edges, batch_size, r, ctx.world_size) for r in range(ctx.world_size)])
+    order = torch.argsort(rows)
+
+    def stack(name: str) -> Tensor:
+        return torch.cat([getattr(shard, name) for shard in shards])[order].to(device)
+
+    return PairPointmaps(stack("edges"), stack("pts_1"), stack("pts_2"), stack("conf_1"), stack("conf_2"))
+
+
+def _to_cpu(aligned: Alignment) -> Alignment:
+    return dataclasses.replace(
+        aligned, **{f.name: getattr(aligned, f.name).to("cpu") for f in dataclasses.fields(aligned)
+                    if isinstance(getattr(aligned, f.name), Tensor)}
+    )  # fmt: skip
+
+
+def _to_device(aligned: Alignment | None, device: torch.device) -> Alignment:
+    if aligned is None:
+        raise Easi3RInputError("rank 0 produced no alignment")
+    return dataclasses.replace(
+        aligned, **{f.name: getattr(aligned, f.name).to(device) for f in dataclasses.fields(aligned)
+                    if isinstance(getattr(aligned, f.name), Tensor)}
+    )  # fmt: skip
 
 
 @dataclass
@@ -257,6 +340,9 @@ class Easi3R:
         mask_refiner: optional callable ``(images (T,H,W,3) uint8, masks (T,H,W) bool) -> masks`` applied to the
             attention masks of both passes (e.g. SAM2 propagation).
         flow_provider: optical flow for the alignment's flow term (default: OpenCV DIS).
+        dist: the multi-process context (:func:`easi3r.distributed.init_distributed`). None: detected — under
+            ``torchrun`` (or in a process group the caller initialised) this process joins it and uses
+            ``cuda:{LOCAL_RANK}`` when CUDA is available, else the CPU with gloo; otherwise one process.
         **overrides: :class:`Easi3RConfig` fields by name (alignment fields may be given flat, e.g.
             ``iterations=100``). Unknown names raise :class:`TypeError`.
 
@@ -273,10 +359,13 @@ class Easi3R:
         *,
         mask_refiner: MaskRefiner | None = None,
         flow_provider: FlowProvider | None = None,
+        dist: DistContext | None = None,
         **overrides: Any,
     ) -> None:
         cfg = (config or Easi3RConfig()).with_overrides(**overrides)
-        self.device = resolve_device(device if device is not None else cfg.device)
+        wanted = device if device is not None else cfg.device
+        self.dist = dist if dist is not None else init_distributed(wanted)
+        self.device = self.dist.device if self.dist.distributed else resolve_device(wanted)
         self.config = dataclasses.replace(cfg, device=str(self.device))
         self.backbone = load_backbone(backbone, self.device)
         self.backbone_name = backbone if isinstance(backbone, str) else type(backbone).__name__
@@ -302,27 +391,41 @@ class Easi3R:
 
     def encode(self, frames: Frames, *, progress: bool = True) -> EncodedImages:
         """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
-        return encode_frames(self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress)
+        return encode_frames(
+            self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress, ctx=self.dist
+        )
 
     def cluster(self, encoded: EncodedImages) -> Tensor:
-        """``(T, h, w)`` int64 k-means labels of the encoder tokens (the cluster fusion's clusters), on CPU."""
-        features = encoded.token_grid()
-        return cluster_labels(
-            features.float().cpu(), n_clusters=self.config.clusters, random_state=self.config.cluster_seed
-        )
+        """``(T, h, w)`` int64 k-means labels of the encoder tokens (the cluster fusion's clusters), on CPU.
+
+        With several processes k-means runs on rank 0 only and the labels are broadcast."""
+        labels = None
+        if self.dist.is_main:
+            features = encoded.token_grid().float().cpu()
+            labels = cluster_labels(features, n_clusters=self.config.clusters, random_state=self.config.cluster_seed)
+        shared = broadcast_object(self.dist, labels)
+        if shared is None:
+            raise Easi3RInputError("rank 0 produced no cluster labels")
+        return shared
 
     def segment(
         self, output: PassOutput, labels: Tensor, frames: Frames, *, progress: bool = False, desc: str = "segment"
     ) -> Segmentation:
-        """Masks from a pass's attention statistics and the k-means labels (then the optional refiner)."""
+        """Masks from a pass's attention statistics and the k-means labels (then the optional refiner).
+
+        With several processes every rank's statistics are merged, rank 0 segments and broadcasts the result."""
         if output.attention is None:
             raise Easi3RInputError("this pass ran without the attention readout; nothing to segment")
-        seg = segment(
-            output.attention, labels, frames.size, threshold=self.config.threshold, progress=progress, desc=desc
-        )
-        if self.mask_refiner is not None:
-            seg.masks = torch.as_tensor(apply_refiner(self.mask_refiner, frames.rgb, seg.masks))
-        return seg
+        attention = gather_attention(self.dist, output.attention)
+        seg = None
+        if self.dist.is_main:
+            seg = segment(attention, labels, frames.size, threshold=self.config.threshold, progress=progress, desc=desc)
+            if self.mask_refiner is not None:
+                seg.masks = torch.as_tensor(apply_refiner(self.mask_refiner, frames.rgb, seg.masks))
+        shared = broadcast_object(self.dist, seg)
+        if shared is None:
+            raise Easi3RInputError("rank 0 produced no segmentation")
+        return shared
 
     def align(
         self,
@@ -347,15 +450,24 @@ class Easi3R:
         if mode == "global":
             if pointmaps is None:
                 raise Easi3RInputError("global alignment needs the pass-2 pointmaps")
-            return global_align(
-                pointmaps.edges.to(self.device),
-                pointmaps.pts_1,
-                pointmaps.pts_2,
-                pointmaps.conf_1,
-                pointmaps.conf_2,
-                n_frames=len(frames),
-                **common,
-            )
+            # Several processes: rank 0 aligns every pair (the others' pointmaps are gathered to it).
+            gathered = gather_pointmaps(self.dist, pointmaps, len(edges), cfg.pair_batch_size)
+            aligned = None
+            if gathered is not None:
+                aligned = global_align(
+                    gathered.edges.to(self.device),
+                    gathered.pts_1,
+                    gathered.pts_2,
+                    gathered.conf_1,
+                    gathered.conf_2,
+                    n_frames=len(frames),
+                    **common,
+                )
+            del gathered
+            if not self.dist.distributed:
+                return aligned  # type: ignore[return-value]  # one process: global_align returned a result
+            shared = broadcast_object(self.dist, _to_cpu(aligned) if aligned is not None else None)
+            return _to_device(shared, self.device)
         if source is None:
             raise Easi3RInputError("window alignment needs a pointmap source")
         return window_align(
@@ -364,6 +476,7 @@ class Easi3R:
             len(frames),
             window=cfg.align_window,
             overlap=cfg.align_overlap,
+            dist=self.dist,
             **common,
         )
 
@@ -399,7 +512,7 @@ class Easi3R:
         heads_1 = mode == "global" and not cfg.reweight
         logger.debug("stage: pass 1")
         first = run_pass(self.backbone, encoded, edges, heads=heads_1, batch_size=batch, keep_maps=keep,
-                         progress=progress, desc="pass 1 (attention)")  # fmt: skip
+                         progress=progress, desc="pass 1 (attention)", ctx=self.dist)  # fmt: skip
         seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
         pointmaps = first.pointmaps
         if trace is not None:
@@ -410,7 +523,7 @@ class Easi3R:
             logger.debug("stage: pass 2")
             second = run_pass(self.backbone, encoded, edges, masks=seg_1.masks, heads=mode == "global",
                               batch_size=batch, keep_maps=keep, progress=progress,
-                              desc="pass 2 (re-weighted)")  # fmt: skip
+                              desc="pass 2 (re-weighted)", ctx=self.dist)  # fmt: skip
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, labels, frames, progress=progress, desc="masks (pass 2)")
             pointmaps = second.pointmaps

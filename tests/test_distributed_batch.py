@@ -7,12 +7,7 @@ checked to be gone afterwards.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from helpers.procs import run_python
 from PIL import Image
 
-import easi3r
 from easi3r.batch import MARKER_NAME, SUMMARY_NAME
 from easi3r.demo import render_video
 from easi3r.distributed import (
@@ -42,58 +37,13 @@ pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
 )
 
-REPO = Path(easi3r.__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 TIMEOUT_S = 300
 SETTINGS = ["--set", "image_size=64", "--set", "iterations=2", "--set", "flow=false", "--set", "clusters=8"]
 NAMES = ("alpha", "beta", "gamma")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's peer connections on the loopback interface only
-    # A peer that vanished without torchrun noticing still ends the survivors well inside the test's limit.
-    env[TIMEOUT_ENV] = "120"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _group_gone(pgid: int, wait_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _run(args: list[str]) -> dict[str, Any]:
-    """Run ``python ARGS`` in a new session; kill its process group on timeout or when anything is left."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{args[:6]} did not end within {TIMEOUT_S} s; stderr tail: {err[-2000:]}")
-    elapsed = time.monotonic() - start
-    gone = _group_gone(proc.pid)
-    if not gone:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return {"rc": proc.returncode, "out": out, "err": err, "seconds": elapsed, "group_gone": gone}
+    return run_python(args, TIMEOUT_S)
 
 
 def _torchrun(module: str, inputs: list[Path], root: Path, backbone: Path) -> dict[str, Any]:

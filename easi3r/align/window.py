@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_dtype, check_same_device, check_shape
 from ..config import AlignConfig
+from ..distributed import DistContext, all_gather_objects
 from ..errors import Easi3RInputError, Easi3RRuntimeError
 from .flow import FlowProvider
 from .geometry import depth_to_camera_points, pixel_grid, sim3_matrix, transform_points
@@ -311,6 +313,13 @@ def _overlap_sim3(
     return scale, rot, trans
 
 
+def _moved(item: tuple[Tensor, Alignment], device: torch.device) -> tuple[Tensor, Alignment]:
+    idx, result = item
+    tensors = {f.name: getattr(result, f.name).to(device) for f in dataclasses.fields(result)
+               if isinstance(getattr(result, f.name), Tensor)}  # fmt: skip
+    return idx.to(device), dataclasses.replace(result, **tensors)
+
+
 def _check_window_edges(local_edges: Tensor, frames: range) -> None:
     """Every frame of a window must be in one of its edges (else global_align cannot place it)."""
     seen = torch.zeros(len(frames), dtype=torch.bool, device=local_edges.device)
@@ -337,6 +346,7 @@ def window_align(
     progress: bool = True,
     conf_threshold: float | None = None,
     points_per_frame: int = 2048,
+    dist: DistContext | None = None,
 ) -> Alignment:
     """Global alignment window by window, chained into one world by a Sim(3) per window (MonST3R's window mode).
 
@@ -372,6 +382,9 @@ def window_align(
         conf_threshold: raw confidence above which a pixel may be a stitching point (default
             ``config.min_conf_thr``, the PnP threshold of the MST initialisation).
         points_per_frame: at most this many stitching points per shared frame.
+        dist: with several processes (:class:`~easi3r.distributed.DistContext`), the windows are divided among
+            the ranks (rank ``r`` aligns windows ``r, r + N, ...``, fetching their pointmaps from its own
+            ``source``) and every rank stitches all of them: the result is the same on every rank.
 
     Returns:
         :class:`~easi3r.align.optimize.Alignment` of all ``T`` frames in the first window's world. Per frame
@@ -420,16 +433,31 @@ def window_align(
         )
         return idx, result
 
+    def in_order() -> Iterator[tuple[Tensor, Alignment]]:
+        if dist is None or not dist.distributed:
+            yield from (align(frames) for frames in windows)  # lazily: one window's pointmaps at a time
+            return
+        # Several processes: rank r aligns windows r, r + N, ...; every rank then stitches all of them in order
+        # (cheap and deterministic), so all ranks return the same result.
+        mine = {
+            k: _moved(align(windows[k]), torch.device("cpu")) for k in range(dist.rank, len(windows), dist.world_size)
+        }
+        done: dict[int, tuple[Tensor, Alignment]] = {}
+        for shard in all_gather_objects(dist, mine):
+            done.update(shard)
+        device = edges.device
+        yield from (_moved(done[k], device) for k in range(len(windows)))
+
     with tqdm(total=len(windows), desc="window alignment", disable=not progress, leave=False) as bar:
+        results = in_order()
         # one window: the edges, images and masks passed are all of them (the global mode, bit for bit)
-        idx, result = align(windows[0])
+        idx, result = next(results)
         bar.update()
         if len(windows) == 1:
             return result
         stitched = _Stitched.empty(n_frames, n_edges, result)
         stitched.add(windows[0], idx, result, None)
-        for frames in windows[1:]:
-            idx, result = align(frames)
+        for frames, (idx, result) in zip(windows[1:], results):
             sim3 = _overlap_sim3(stitched, result, frames, masks, threshold, points_per_frame)
             stitched.add(frames, idx, result, sim3)
             bar.update()
