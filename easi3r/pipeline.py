@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .align import Alignment, FlowProvider, global_align, window_align
+from .align.sharded import sharded_global_align
 from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
 from .config import Easi3RConfig
@@ -450,7 +451,22 @@ class Easi3R:
         if mode == "global":
             if pointmaps is None:
                 raise Easi3RInputError("global alignment needs the pass-2 pointmaps")
-            # Several processes: rank 0 aligns every pair (the others' pointmaps are gathered to it).
+            n_batches = -(-len(edges) // cfg.pair_batch_size)
+            if self.dist.distributed and n_batches >= self.dist.world_size:
+                # Data-parallel over pairs: each rank keeps its own pairs' pointmaps; per-frame gradients summed.
+                rows = _rank_rows(len(edges), cfg.pair_batch_size, self.dist.rank, self.dist.world_size)
+                return sharded_global_align(
+                    self.dist,
+                    edges,
+                    rows,
+                    pointmaps.pts_1,
+                    pointmaps.pts_2,
+                    pointmaps.conf_1,
+                    pointmaps.conf_2,
+                    n_frames=len(frames),
+                    **common,
+                )
+            # Fewer pair batches than ranks: rank 0 aligns every pair (the others' pointmaps are gathered to it).
             gathered = gather_pointmaps(self.dist, pointmaps, len(edges), cfg.pair_batch_size)
             aligned = None
             if gathered is not None:

@@ -173,8 +173,17 @@ def masked_smooth_l1(estimate: Tensor, target: Tensor, valid: Tensor, pixel_thre
     Returns:
         ``()`` tensor.
     """
+    total, count = masked_smooth_l1_parts(estimate, target, valid, pixel_threshold)
+    return total / (count + 1e-6)
+
+
+def masked_smooth_l1_parts(
+    estimate: Tensor, target: Tensor, valid: Tensor, pixel_threshold: float = 50.0
+) -> tuple[Tensor, Tensor]:
+    """Numerator and denominator of :func:`masked_smooth_l1`: the sum of the kept smooth-L1 terms and their number
+    (``()`` tensors; the count carries no gradient). Sums over disjoint sets of pairs add up, which is how the
+    data-parallel alignment combines them across processes."""
     m = valid.to(estimate.dtype)
     loss = F.smooth_l1_loss(estimate * m, target * m, reduction="none", beta=1.0)
-    keep = (loss < pixel_threshold) & valid
-    keep_f = keep.to(loss.dtype)
-    return (loss * keep_f).sum() / (keep_f.sum() + 1e-6)
+    keep_f = ((loss < pixel_threshold) & valid).to(loss.dtype)
+    return (loss * keep_f).sum(), keep_f.sum()

@@ -210,6 +210,8 @@ def check_pairwise_inputs(
     conf_1: Tensor,
     conf_2: Tensor,
     n_frames: int | None = None,
+    *,
+    require_every_frame: bool = True,
 ) -> int:
     """Validate the pairwise predictions; return the number of frames ``T``.
 
@@ -218,6 +220,7 @@ def check_pairwise_inputs(
         pts_1, pts_2: ``(P, H, W, 3)`` float view-1 / view-2 points (in view 1's camera frame).
         conf_1, conf_2: ``(P, H, W)`` float raw confidences, > 0.
         n_frames: ``T`` if known (default ``edges.max() + 1``).
+        require_every_frame: refuse a frame that appears in no edge (False for one process's share of the pairs).
 
     Raises:
         Easi3RInputError: inconsistent shapes, bad edge indices, fewer than 2 frames, non-finite values,
@@ -253,7 +256,7 @@ def check_pairwise_inputs(
         raise Easi3RInputError("edges contains a self-pair (i, i)")
     seen = torch.zeros(t_frames, dtype=torch.bool, device=edges.device)
     seen[edges.reshape(-1)] = True
-    if not bool(seen.all()):
+    if require_every_frame and not bool(seen.all()):
         missing = torch.nonzero(~seen).flatten().tolist()
         raise Easi3RInputError(f"frames {missing[:5]} appear in no edge")
     return t_frames
@@ -312,10 +315,13 @@ class PointmapAligner(nn.Module):
         known_focal: float | Tensor | None = None,
         known_poses: Tensor | None = None,
         block: int | None = None,
+        _require_every_frame: bool = True,
     ) -> None:
         super().__init__()
         config = AlignConfig() if config is None else config
-        n = check_pairwise_inputs(edges, pts_1, pts_2, conf_1, conf_2, n_frames)
+        n = check_pairwise_inputs(
+            edges, pts_1, pts_2, conf_1, conf_2, n_frames, require_every_frame=_require_every_frame
+        )
         device, dtype = pts_1.device, pts_1.dtype
         n_edges, h, w, _ = pts_1.shape
         self.config = config
@@ -565,8 +571,7 @@ class PointmapAligner(nn.Module):
         """:meth:`init_mst`, with the private testing seam ``pnp_override`` (frame -> ``(4, 4)`` cam-to-world
         replacing RANSAC-PnP's result for that frame; see :func:`~easi3r.align.mst.mst_initialisation`)."""
         cfg = self.config
-        n, n_edges = self.n_frames, self.n_edges
-        h, w = self.height, self.width
+        n_edges, h, w = self.n_edges, self.height, self.width
         known_focals = None if self.known_focal is None else self.known_focal.tolist()
         mst = mst_initialisation(
             self.edges,
@@ -581,6 +586,13 @@ class PointmapAligner(nn.Module):
             known_focals=known_focals,
             _pnp_override=pnp_override,
         )
+        return self._init_from_mst(mst)
+
+    @torch.no_grad()
+    def _init_from_mst(self, mst: MSTInit) -> MSTInit:
+        """Every parameter from a spanning-tree initialisation (the second half of :meth:`init_mst`)."""
+        cfg = self.config
+        n, h, w = self.n_frames, self.height, self.width
         self.mst = mst
         poses = mst.cam2world.clone()
         points = mst.points.reshape(n, h * w, 3).clone()
