@@ -53,8 +53,8 @@ def test_nocrop_512_bit_exact(k: int) -> None:
     key = _expected_512_nocrop(k)
     frames = load_frames(DATA / "frames" / FILES[k], 512, crop=False)
     expected_u8 = GOLD[f"{key}_u8"]
-    assert frames.uint8.shape == (1, *expected_u8.shape)
-    diff = np.abs(frames.uint8[0].astype(np.int16) - expected_u8.astype(np.int16))
+    assert frames.rgb.shape == (1, *expected_u8.shape)
+    diff = np.abs(frames.rgb[0].astype(np.int16) - expected_u8.astype(np.int16))
     assert diff.max() == 0, f"{FILES[k]}: {np.count_nonzero(diff)} uint8 values differ (max {diff.max()})"
     assert _sha256(frames.images[0]) == str(GOLD[f"{key}_sha256"])
     assert frames.true_shape.tolist() == GOLD[f"{key}_true_shape"].tolist()
