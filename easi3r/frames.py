@@ -7,7 +7,10 @@ The preprocessing reproduces the official loader bit for bit (official ``dust3r/
 2. resize so that the long side equals ``image_size`` (``new = int(round(old * image_size / long))`` per side),
    with LANCZOS when shrinking and BICUBIC otherwise; ``image_size == 224`` instead resizes the short side to 224;
 3. centre crop to multiples of 16 (``cx = W // 2``, ``halfw = ((2 * cx) // 16) * 8``, same for ``y``); a
-   square image is cropped to 4:3 landscape; ``image_size == 224`` crops a centred square;
+   square image is cropped to 4:3 landscape; ``image_size == 224`` crops a centred square. With ``crop=False``
+   (official ``crop_img(..., crop=False)``, the ``--no_crop`` of the DyCheck evaluation) the resized image is
+   instead resized again, always with LANCZOS, to that crop size: nothing is cut off, each axis is squeezed by
+   less than 16 px (``image_size == 224`` ignores ``crop``, as the official code does);
 4. ``(u8 / 255 - 0.5) / 0.5`` in float32, i.e. torchvision's ``ToTensor`` + ``Normalize(0.5, 0.5)``.
 
 The one intentional deviation: 16-bit greyscale images (PIL modes ``I;16*`` / ``I``) are scaled to 8 bit
@@ -38,6 +41,7 @@ from .errors import Easi3RInputError, first_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MIN_PROCESSED_SIDE",
     "VIDEO_EXTENSIONS",
     "Frames",
     "load_frames",
@@ -60,6 +64,8 @@ def is_video_path(source: object) -> bool:
 
 
 MIN_SIDE = 16  # one ViT patch: anything smaller has no token at all
+#: Smallest processed side in pixels: the encoder needs a token grid of at least 2 x 2 patches of 16 px.
+MIN_PROCESSED_SIDE = 32
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -81,6 +87,8 @@ class Frames:
             ``images`` was made from.
         fps: frame rate of the kept video frames (``video_fps / interval``); None for images and arrays,
             and for videos that report no frame rate.
+        crop: the frames were centre-cropped (True, official default) or resized without cropping (False);
+            :meth:`easi3r.result.Reconstruction.intrinsics_at` needs it to undo the preprocessing.
     """
 
     images: torch.Tensor
@@ -89,6 +97,7 @@ class Frames:
     original_sizes: list[tuple[int, int]]
     rgb: NDArray[np.uint8]
     fps: float | None = None
+    crop: bool = True
 
     def __post_init__(self) -> None:
         dims = check_shape(self.images, "T 3 H W", "Frames.images")
@@ -175,7 +184,8 @@ def preprocess_transform(
     ``halfw = ((2cx)//16)·8`` (same for y; a square frame keeps ``halfh = 3·halfw/4`` unless
     ``square_ok``; for 224 a square crop of half-size ``min(cx, cy)``), crop origin
     ``(ox, oy) = (cx - halfw, cy - halfh)``. With ``crop=False`` the resized frame is instead resized again
-    to the crop size (MonST3R ``--no_crop``).
+    to the crop size (official ``crop_img(..., crop=False)``, ``--no_crop``): a per-axis scale
+    ``(sx, sy) = (W/W0, H/H0)`` and no offset. ``image_size == 224`` ignores ``crop`` (official behaviour).
 
     Pixel-centre convention (OpenCV; integer coordinates are pixel centres): an image resize by
     ``s = Wr/W0`` maps ``x0 -> (x0 + 0.5)·s - 0.5`` (what PIL's resampling does), the crop subtracts
@@ -184,7 +194,7 @@ def preprocess_transform(
     Args:
         original_size: ``(W0, H0)`` of the user's frame in pixels.
         image_size: preprocessing long side in pixels (512, 224, or another multiple of 16).
-        crop: centre crop (official default) or resize to the crop size.
+        crop: centre crop (official default) or resize to the crop size (ignored for 224).
         square_ok: keep square frames square (the pipeline always uses False).
 
     Returns:
@@ -209,7 +219,7 @@ def preprocess_transform(
     W, H = int(round(box[2])) - ox, int(round(box[3])) - oy
     if W <= 0 or H <= 0:
         raise Easi3RInputError(f"a frame of size {W0}x{H0} leaves no 16x16 patch at image_size={image_size}")
-    if crop:
+    if crop or image_size == 224:
         sx, sy = Wr / W0, Hr / H0
     else:
         sx, sy = W / W0, H / H0
@@ -274,32 +284,48 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def preprocess_image(img: Image.Image, image_size: int = 512, *, name: str = "image") -> NDArray[np.uint8]:
-    """Resize and centre-crop one RGB-convertible PIL image like the official loader.
+def preprocess_image(
+    img: Image.Image, image_size: int = 512, *, name: str = "image", crop: bool = True
+) -> NDArray[np.uint8]:
+    """Resize and centre-crop (or, with ``crop=False``, squeeze) one PIL image like the official loader.
+
+    ``crop=False`` is official ``crop_img(..., crop=False)`` (``dust3r/utils/image.py``): after the long-side
+    resize, the whole image is resized with LANCZOS to the crop size (multiples of 16). Official square inputs
+    crash there (a float height reaches ``PIL.Image.resize``); here the height is the integer ``3 W / 4`` of the
+    crop rule. ``image_size == 224`` ignores ``crop``.
 
     Args:
         img: any PIL image (16-bit grey is scaled to 8 bit, any other mode goes through ``convert("RGB")``).
         image_size: long side in pixels (512 default); 224 selects the official short-side-224 square crop.
         name: used in error messages.
+        crop: centre crop (official default) or resize to the crop size.
 
     Returns:
         ``(H, W, 3)`` uint8 processed pixels.
 
     Raises:
-        Easi3RInputError: the image, or its processed version, is smaller than 16 px on a side.
+        Easi3RInputError: the image is smaller than 16 px on a side, or its processed size is below
+            :data:`MIN_PROCESSED_SIDE` px on a side (fewer than 2 x 2 encoder patches); the message names the
+            frame, its size and the processed size.
     """
     width, height = img.size
     if width < MIN_SIDE or height < MIN_SIDE:
         raise Easi3RInputError(f"image {name!r} is {width}x{height} px; at least {MIN_SIDE} px per side is needed")
     new_size, resample, box = resize_crop_plan(width, height, image_size)
     ph, pw = processed_size(width, height, image_size)
-    if ph < MIN_SIDE or pw < MIN_SIDE:
+    if ph < MIN_PROCESSED_SIDE or pw < MIN_PROCESSED_SIDE:
         raise Easi3RInputError(
-            f"image {name!r} ({width}x{height} px) would be {pw}x{ph} px after resizing to {image_size}; "
-            f"at least {MIN_SIDE} px per side is needed"
+            f"frame {name!r} ({width}x{height} px) would be {pw}x{ph} px (W x H) after preprocessing at "
+            f"image_size={image_size}; the network needs at least {MIN_PROCESSED_SIDE} px (2 patches) per side: "
+            "use a less elongated frame or a larger image_size"
         )
-    img = _to_rgb(img).resize(new_size, resample).crop(box)
-    return np.asarray(img, dtype=np.uint8)
+    resized = _to_rgb(img).resize(new_size, resample)
+    if crop or image_size == 224:
+        out = resized.crop(box)
+    else:
+        # Official: always LANCZOS here; PIL returns a copy when the size is already right (no resampling).
+        out = resized.resize((pw, ph), Image.Resampling.LANCZOS)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -332,7 +358,7 @@ def _suffix(path: Path) -> str:
 
 
 def _read_video(
-    path: Path, image_size: int, fps: float | None, max_frames: int | None
+    path: Path, image_size: int, fps: float | None, max_frames: int | None, crop: bool
 ) -> tuple[list[NDArray[np.uint8]], list[str], list[tuple[int, int]], float | None]:
     cap = cv2.VideoCapture(str(path))
     try:
@@ -363,7 +389,7 @@ def _read_video(
                     break
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
                 name = f"frame_{index:05d}"
-                frames.append(preprocess_image(Image.fromarray(rgb), image_size, name=f"{path.name}:{name}"))
+                frames.append(preprocess_image(Image.fromarray(rgb), image_size, name=f"{path.name}:{name}", crop=crop))
                 names.append(name)
                 sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
             index += 1
@@ -417,7 +443,7 @@ def _list_folder(folder: Path) -> list[Path]:
 
 
 def _assemble(
-    arrays: list[NDArray[np.uint8]], names: list[str], sizes: list[tuple[int, int]], fps: float | None
+    arrays: list[NDArray[np.uint8]], names: list[str], sizes: list[tuple[int, int]], fps: float | None, crop: bool
 ) -> Frames:
     first = arrays[0].shape[:2]
     for a, n in zip(arrays, names):
@@ -431,7 +457,7 @@ def _assemble(
     x = torch.from_numpy(u8).permute(0, 3, 1, 2).to(torch.float32).div(255)
     images = x.sub(0.5).div(0.5).contiguous()
     true_shape = torch.tensor([list(first)] * len(arrays), dtype=torch.int64)
-    return Frames(images=images, true_shape=true_shape, names=names, original_sizes=sizes, rgb=u8, fps=fps)
+    return Frames(images=images, true_shape=true_shape, names=names, original_sizes=sizes, rgb=u8, fps=fps, crop=crop)
 
 
 def load_frames(
@@ -440,6 +466,7 @@ def load_frames(
     *,
     fps: float | None = None,
     max_frames: int | None = None,
+    crop: bool = True,
 ) -> Frames:
     """Load and preprocess a frame sequence exactly like the official Easi3R / DUSt3R loader.
 
@@ -456,6 +483,9 @@ def load_frames(
         fps: videos only: keep every ``max(1, round(video_fps / fps))``-th frame; None keeps every frame.
             Ignored for image sources (as in the official loader).
         max_frames: keep at most this many frames (the first ones kept); None keeps all.
+        crop: centre-crop to multiples of 16 (official default) or, with False, resize the whole frame to
+            those multiples (official ``crop=False`` / ``--no_crop``, used for DyCheck): no pixel is lost, the
+            aspect ratio changes by less than 16 px per axis. Ignored for ``image_size == 224``.
 
     Returns:
         :class:`Frames` with ``images`` ``(T, 3, H, W)`` float32 in ``[-1, 1]`` on CPU. A single frame is
@@ -464,10 +494,14 @@ def load_frames(
     Raises:
         Easi3RInputError: missing path, no images, unreadable or corrupt image, video that cannot be opened
             or yields no frames, image smaller than 16 px on a side, frames of different processed sizes,
-            arrays of the wrong dtype or shape. The message is one line and names the offending input.
+            arrays of the wrong dtype or shape, a frame whose processed size is below 32 px on a side. The
+            message is one line and names the offending input.
     """
     if isinstance(source, Frames):
         return source
+    if not isinstance(crop, (bool, np.bool_)):
+        raise Easi3RInputError(f"crop must be True or False, got {crop!r}")
+    crop = bool(crop)
     _check_image_size(image_size)
     _check_count("fps", fps, integer=False)
     _check_count("max_frames", max_frames, integer=True)
@@ -480,8 +514,8 @@ def load_frames(
         if path.is_dir():
             items: Sequence[object] = _list_folder(path)
         elif _suffix(path) in VIDEO_EXTENSIONS:
-            arrays, names, sizes, video_fps = _read_video(path, int(image_size), fps, limit)
-            return _assemble(arrays, names, sizes, video_fps)
+            arrays, names, sizes, video_fps = _read_video(path, int(image_size), fps, limit, crop)
+            return _assemble(arrays, names, sizes, video_fps, crop)
         elif _suffix(path) in IMAGE_EXTENSIONS:
             items = [path]
         else:
@@ -514,6 +548,6 @@ def load_frames(
     for i, item in enumerate(items):
         img, name = _item_to_image(item, i)
         sizes.append((int(img.size[0]), int(img.size[1])))
-        arrays.append(preprocess_image(img, int(image_size), name=name))
+        arrays.append(preprocess_image(img, int(image_size), name=name, crop=crop))
         names.append(name)
-    return _assemble(arrays, names, sizes, None)
+    return _assemble(arrays, names, sizes, None, crop)

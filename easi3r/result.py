@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,9 +22,12 @@ from torch import Tensor
 from ._checks import check_dtype, check_finite, check_shape
 from .errors import Easi3RInputError
 from .export.images import ATTENTION_KEYS
-from .export.save import read_reconstruction, save_reconstruction
+from .export.save import GlbOptions, SaveOptions, read_reconstruction, save_reconstruction, write_reconstruction_glb
 from .frames import original_intrinsics
 from .geometry import rigid_inverse
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack needs Python 3.11; only annotations use it
 
 __all__ = ["ATTENTION_KEYS", "Reconstruction"]
 
@@ -54,6 +57,8 @@ class Reconstruction:
         frame_names: ``T`` names of the input frames.
         original_sizes: ``(W, H)`` of each user frame before preprocessing, if known.
         image_size: the preprocessing long side in pixels (int), needed by :meth:`intrinsics_at`.
+        crop: the frames were centre-cropped (True, official default) or resized without cropping (False,
+            ``load_frames(..., crop=False)``); :meth:`intrinsics_at` undoes the matching transform.
         fps: frame rate in frames per second of the sampled frames (trajectory timestamps), if known.
         cluster_labels: ``(T, h, w)`` integer k-means labels of the cluster fusion, if kept.
         threshold: the dynamic-map threshold that produced ``masks``.
@@ -76,6 +81,7 @@ class Reconstruction:
     frame_names: list[str]
     original_sizes: list[tuple[int, int]] | None = None
     image_size: int = 512
+    crop: bool = True
     fps: float | None = None
     cluster_labels: np.ndarray | None = None
     threshold: float | None = None
@@ -147,6 +153,9 @@ class Reconstruction:
         if int(self.image_size) <= 0:
             raise Easi3RInputError(f"Reconstruction.image_size must be positive, got {self.image_size}")
         self.image_size = int(self.image_size)
+        if not isinstance(self.crop, (bool, np.bool_)):
+            raise Easi3RInputError(f"Reconstruction.crop must be True or False, got {self.crop!r}")
+        self.crop = bool(self.crop)
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise Easi3RInputError(f"Reconstruction.fps must be a positive number or None, got {self.fps}")
 
@@ -185,13 +194,18 @@ class Reconstruction:
         """``(T, H, W)`` bool: pixels exported as points, ``confidence > conf_threshold``."""
         return self.confidence > self.conf_threshold
 
-    def intrinsics_at(self, original_size: tuple[int, int] | None = None, *, crop: bool = True) -> NDArray[np.float64]:
+    def intrinsics_at(
+        self, original_size: tuple[int, int] | None = None, *, crop: bool | None = None
+    ) -> NDArray[np.float64]:
         """Intrinsics in the pixel grid of the user's original frames (:func:`easi3r.frames.original_intrinsics`).
+
+        With :attr:`crop` True the inverse of a resize plus centre crop; with False (no-crop preprocessing)
+        a per-axis scale ``(W/W0, H/H0)`` without offset is undone.
 
         Args:
             original_size: ``(W0, H0)`` in pixels of the original frames; None uses :attr:`original_sizes`
                 frame by frame.
-            crop: the preprocessing cropped (default) or resized (MonST3R ``--no_crop``).
+            crop: override :attr:`crop` (how the frames were preprocessed); None uses the recorded value.
 
         Returns:
             ``(T, 3, 3)`` float64 intrinsics in original pixels (OpenCV pixel-centre convention).
@@ -207,7 +221,8 @@ class Reconstruction:
             if len(original_size) != 2:
                 raise Easi3RInputError(f"original_size must be (W, H), got {original_size!r}")
             sizes = [(int(original_size[0]), int(original_size[1]))] * self.num_frames
-        return original_intrinsics(self.intrinsics, sizes, self.image_size, self.size, crop=crop)
+        use_crop = self.crop if crop is None else bool(crop)
+        return original_intrinsics(self.intrinsics, sizes, self.image_size, self.size, crop=use_crop)
 
     def point_cloud(
         self, conf_threshold: float | None = None, which: Literal["all", "static", "dynamic"] = "all"
@@ -248,6 +263,7 @@ class Reconstruction:
             "confidence": self.confidence,
             "frame_names": np.asarray(self.frame_names, dtype=np.str_),
             "image_size": np.asarray(self.image_size),
+            "crop": np.asarray(self.crop),
             "conf_threshold": np.asarray(self.conf_threshold, dtype=np.float64),
             "backbone": np.asarray(self.backbone, dtype=np.str_),
         }
@@ -270,24 +286,21 @@ class Reconstruction:
         """
         return cls(**read_reconstruction(path))
 
-    def save(
-        self,
-        out_dir: str | os.PathLike[str],
-        *,
-        progress: bool = False,
-        colmap_max_points: int | None = 100_000,
-    ) -> dict[str, Path]:
+    def save(self, out_dir: str | os.PathLike[str], **options: Unpack[SaveOptions]) -> dict[str, Path]:
         """Write every export of the result into ``out_dir`` (created if needed), each file atomically.
 
-        The files (PNG frames, masks and attention strips, TUM trajectory, intrinsics, npz archives, PLY, GLB
-        and a COLMAP text model) are listed in :func:`easi3r.export.save.save_reconstruction`.
-
-        Args:
-            out_dir: destination folder.
-            progress: show a tqdm bar over the files.
-            colmap_max_points: size of the random (seeded) subset in ``points3D.txt``; None keeps all.
+        The files (PNG frames, masks and labelled attention strips, TUM trajectory, intrinsics, npz archives, PLY,
+        GLB, a COLMAP text model, optional videos and the official file names) and the keyword options
+        (``progress``, ``colmap_max_points``, ``layout="official"``, ``videos``, and the GLB options
+        ``clean_depth``, ``mask_sky``, ``cam_size``, ``as_pointcloud``) are those of
+        :func:`easi3r.export.save.save_reconstruction`.
 
         Returns:
             Key -> path of every written file (folders for the per-frame outputs).
         """
-        return save_reconstruction(self, out_dir, progress=progress, colmap_max_points=colmap_max_points)
+        return save_reconstruction(self, out_dir, **options)
+
+    def write_glb(self, path: str | os.PathLike[str], **options: Unpack[GlbOptions]) -> Path:
+        """Write only the GLB scene; options (``clean_depth``, ``mask_sky``, ``cam_size``, ``as_pointcloud``,
+        ``official_view``) as :func:`easi3r.export.save.write_reconstruction_glb`."""
+        return write_reconstruction_glb(self, path, **options)

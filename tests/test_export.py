@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from easi3r.export import atomic as atomic_mod
 from easi3r.export.atomic import atomic_path, atomic_save_npz, atomic_write_text, is_temp_name
-from easi3r.export.images import colorize, upsample_nearest
+from easi3r.export.images import ATTENTION_PANELS, attention_strip, colorize, label_box, upsample_nearest
 from easi3r.export.mesh import write_ply
 from easi3r.export.tum import read_tum
 from easi3r.result import ATTENTION_KEYS, Reconstruction
@@ -114,17 +114,37 @@ def test_pngs_round_trip(rec, saved):
         strip = cv2.imread(str(out / "attention" / f"{t:05d}.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]
         assert strip.shape == (H, 6 * W, 3)
         panels = np.split(strip, 6, axis=1)
-        # Panel 0 is 1 - src_mean: the top-left token's colour fills the top-left H/h x W/w block.
+        # Every panel carries its name top-left: a dark box with white text, clipped to the panel.
+        outside = []
+        for panel, name in zip(panels, ATTENTION_PANELS):
+            bw, bh = label_box(name, W)
+            assert 8 <= bh < H // 2
+            box = panel[:bh, : min(bw, W)]
+            assert (box == 32).all(axis=-1).mean() > 0.3, name  # the dark box
+            assert (box > 200).all(axis=-1).any(), name  # white text
+            keep = np.ones((H, W), bool)
+            keep[:bh, :bw] = False
+            outside.append(keep)
+        # Panel 0 is 1 - src_mean: the top-left token's colour fills the top-left H/h x W/w block (below the label).
         cmap = colormaps["Spectral_r"]
         expected = np.round(np.array(cmap(1.0 - rec.attention["src_mean"][t, 0, 0])[:3]) * 255)
-        assert (panels[0][: H // h, : W // w] == expected).all()
+        bh0 = label_box(ATTENTION_PANELS[0], W)[1]
+        assert (panels[0][bh0 : H // h, : W // w] == expected).all()
         att = {k: v[t] for k, v in rec.attention.items()}
-        for panel, grid in zip(panels[1:5], (att["src_std"], 1 - att["ref_mean"], att["ref_std"], rec.dynamic_maps[t])):
-            np.testing.assert_array_equal(panel, colorize(upsample_nearest(grid, (H, W))))
+        grids = (att["src_std"], 1 - att["ref_mean"], att["ref_std"], rec.dynamic_maps[t])
+        for panel, grid, keep in zip(panels[1:5], grids, outside[1:5]):
+            np.testing.assert_array_equal(panel[keep], colorize(upsample_nearest(grid, (H, W)))[keep])
         # Panel 5: unmasked pixels are the frame, masked ones are tinted towards red.
-        np.testing.assert_array_equal(panels[5][~rec.masks[t]], rec.images[t][~rec.masks[t]])
-        tinted = panels[5][rec.masks[t]].astype(int) - rec.images[t][rec.masks[t]].astype(int)
+        free = ~rec.masks[t] & outside[5]
+        np.testing.assert_array_equal(panels[5][free], rec.images[t][free])
+        inside = rec.masks[t] & outside[5]
+        tinted = panels[5][inside].astype(int) - rec.images[t][inside].astype(int)
         assert (tinted[:, 0] >= 0).all() and (tinted[:, 1] <= 0).all() and tinted[:, 0].sum() > 0
+        # Without labels the strip is exactly the coloured maps.
+        plain = attention_strip(att, rec.dynamic_maps[t], rec.images[t], rec.masks[t], labels=False)
+        np.testing.assert_array_equal(plain[:, W : 2 * W], colorize(upsample_nearest(att["src_std"], (H, W))))
+        for k, keep in enumerate(outside):
+            np.testing.assert_array_equal(panels[k][keep], plain[:, k * W : (k + 1) * W][keep])
 
 
 def test_trajectory_intrinsics_and_arrays(rec, saved):
@@ -327,6 +347,62 @@ def test_atomic_helpers(tmp_path):
     with np.load(p) as d:
         np.testing.assert_array_equal(d["x"], np.arange(3))
         np.testing.assert_array_equal(d["y"], np.ones(2))
-    assert is_temp_name(f".c.npz.xyz{atomic_mod.TEMP_MARKER}.npz") and not is_temp_name("c.npz")
+    assert is_temp_name(f".c.npz.xyz_1234{atomic_mod.TEMP_MARKER}.npz") and not is_temp_name("c.npz")
     write_ply(tmp_path / "d.ply", np.zeros((2, 3)), np.zeros((2, 3), np.uint8))
     assert len(trimesh.load(tmp_path / "d.ply").vertices) == 2
+
+
+# --------------------------------------------------------------------------- leftovers, permissions, failed runs
+
+
+def test_killed_save_leftovers_are_cleaned_on_the_next_save(rec, tmp_path):
+    (tmp_path / "masks").mkdir()
+    leftovers = [tmp_path / ".scene.glb.ab12cd_3.tmp.glb", tmp_path / "masks" / ".00003.png.zz9y8x7w.tmp.png"]
+    for p in leftovers:
+        p.write_bytes(b"half")
+    kept = [tmp_path / ".hidden.tmp", tmp_path / "notes.tmp.txt", tmp_path / "masks" / ".x.tmp"]
+    for p in kept:
+        p.write_text("user file")
+    rec.save(tmp_path)
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.read_text() == "user file" for p in kept)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_exported_files_respect_the_umask(rec, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        paths = rec.save(tmp_path)
+    finally:
+        os.umask(old)
+    for key in ("reconstruction", "glb", "trajectory", "colmap_images"):
+        assert paths[key].stat().st_mode & 0o777 == 0o666 & ~umask, key
+    assert (tmp_path / "masks" / "00000.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_failing_run_keeps_the_earlier_outputs_intact(rec, tmp_path, monkeypatch):
+    """A second run into the same folder crashes midway (in the COLMAP writer): every final-name file is either
+    the earlier run's, byte for byte, or the new run's complete file; nothing is half-written."""
+    from easi3r.export import save as save_mod
+
+    rec.save(tmp_path, videos=True, layout="official")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise Boom("writer died")
+
+    monkeypatch.setattr(save_mod, "write_colmap", crash)
+    other = make_reconstruction(T=T, H=H, W=W, h=h, w=w, seed=11)
+    with pytest.raises(Boom):
+        other.save(tmp_path, videos=True, layout="official")
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert set(after) == set(before)  # no new name, no temporary file
+    _check_complete(tmp_path)
+    rewritten = {p for p in after if after[p] != before[p]}
+    # Written before the crash: frames, masks, strips, archives, PLY, GLB (the new run's content) ...
+    assert {tmp_path / "reconstruction.npz", tmp_path / "scene.glb", tmp_path / "attention" / "00000.png"} <= rewritten
+    np.testing.assert_array_equal(Reconstruction.load(tmp_path).points, other.points)
+    # ... after it: COLMAP, videos and the official files are still the earlier run's.
+    untouched = [p for p in after if p.parent.name == "colmap" or p.suffix == ".mp4" or p.name.startswith("pred_")]
+    untouched += list(tmp_path.glob("dynamic_mask_*.png")) + list(tmp_path.glob("conf_*.npy"))
+    assert len(untouched) == 3 + 2 + 3 + 2 * T and not rewritten & set(untouched)

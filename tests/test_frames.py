@@ -393,3 +393,45 @@ def test_frames_fields_are_validated(ref_frames: Frames) -> None:
         Frames(
             ref_frames.images, ref_frames.true_shape, ref_frames.names[:2], ref_frames.original_sizes, ref_frames.rgb
         )
+
+
+# ----------------------------------------------------------------------------------------------------- no-crop
+
+
+def test_no_crop_records_the_flag_and_matches_crop_when_sizes_divide(ref_frames: Frames) -> None:
+    # 160x120 -> 512x384 is already a multiple of 16: the second (LANCZOS) resize is a no-op, as officially.
+    frames = load_frames(FRAME_FILES, crop=False)
+    assert frames.crop is False and ref_frames.crop is True
+    np.testing.assert_array_equal(frames.rgb, ref_frames.rgb)
+
+
+def test_no_crop_keeps_all_content(tmp_path: Path) -> None:
+    """500x333 -> 512x341: crop=True cuts rows 2..337 (3 lost rows at the bottom, 2 at the top); crop=False
+    squeezes all 341 rows into 336, so the marks of the first and last rows survive."""
+    img = np.full((333, 500, 3), 128, np.uint8)
+    img[:1] = (255, 0, 0)  # red top row
+    img[-1:] = (0, 0, 255)  # blue bottom row
+    Image.fromarray(img).save(tmp_path / "f.png")
+    squeezed = load_frames(tmp_path / "f.png", crop=False).rgb[0]
+    cropped = load_frames(tmp_path / "f.png").rgb[0]
+    assert squeezed.shape == cropped.shape == (336, 512, 3)
+    assert squeezed[0, :, 0].min() > 200 and squeezed[-1, :, 2].min() > 200
+    assert cropped[:, :, 0].max() == 128 and cropped[:, :, 2].max() == 128  # the marks were cropped away
+
+
+def test_no_crop_option_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(Easi3RInputError, match="crop"):
+        load_frames(FRAME_FILES, crop="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_elongated_frame_is_refused_at_load_time(tmp_path: Path, crop: bool) -> None:
+    """2000x100 -> 512x26 -> 512x16 after the crop: one patch row, which the encoder cannot use (grid >= 2)."""
+    Image.fromarray(np.zeros((100, 2000, 3), np.uint8)).save(tmp_path / "banner.png")
+    with pytest.raises(Easi3RInputError) as e:
+        load_frames(tmp_path / "banner.png", crop=crop)
+    _one_line_naming(e, "banner.png")
+    assert "2000x100" in str(e.value) and "512x16" in str(e.value)
+    # 2000x130 -> 512x33 -> 512x32: two patch rows, accepted.
+    Image.fromarray(np.zeros((130, 2000, 3), np.uint8)).save(tmp_path / "wide.png")
+    assert load_frames(tmp_path / "wide.png", crop=crop).size == (32, 512)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from easi3r.errors import Easi3RInputError
 from easi3r.frames import preprocess_transform
+from easi3r.result import Reconstruction
 
 # --------------------------------------------------------------------------- validation
 
@@ -193,3 +194,45 @@ def test_intrinsics_at_no_crop_and_errors():
         preprocess_transform((0, 10))
     with pytest.raises(Easi3RInputError, match="patch"):
         preprocess_transform((10, 2000))
+
+
+def test_intrinsics_at_undoes_no_crop(tmp_path):
+    """crop=False: per-axis scale (W/W0, H/H0), no offset; the flag is recorded and survives save/load."""
+    W0, H0 = 500, 333
+    A, (W, H) = preprocess_transform((W0, H0), 512, crop=False)
+    assert (W, H) == (512, 336)
+    K = np.array([[0.9 * W, 0.0, 0.47 * W], [0.0, 0.9 * W, 0.53 * H], [0.0, 0.0, 1.0]])
+    rec = make_reconstruction(
+        T=1, H=H, W=W, h=H // 16, w=W // 16, intrinsics=K[None], crop=False, original_sizes=[(W0, H0)]
+    )
+    K0 = rec.intrinsics_at()[0]
+    rng = np.random.default_rng(2)
+    X = np.column_stack([rng.uniform(-0.4, 0.4, 20), rng.uniform(-0.3, 0.3, 20), rng.uniform(1, 4, 20)])
+    p0, p = _project(K0, X), _project(K, X)
+    sx, sy = W / W0, H / H0
+    np.testing.assert_allclose(
+        np.column_stack([(p0[:, 0] + 0.5) * sx - 0.5, (p0[:, 1] + 0.5) * sy - 0.5]), p, atol=1e-9
+    )
+    assert K0[0, 0] == pytest.approx(K[0, 0] / sx) and K0[1, 1] == pytest.approx(K[1, 1] / sy)
+    # The crop=True inverse differs (uniform scale 512/500 and a 2-px crop offset), an explicit override gives it.
+    assert not np.allclose(rec.intrinsics_at(crop=True)[0], K0)
+    rec.save(tmp_path)
+    back = Reconstruction.load(tmp_path)
+    assert back.crop is False
+    np.testing.assert_allclose(back.intrinsics_at(), rec.intrinsics_at())
+    with pytest.raises(Easi3RInputError, match="crop"):
+        make_reconstruction(crop="yes")
+
+
+def test_load_truncated_or_foreign_files_raise_typed_errors(tmp_path):
+    make_reconstruction(T=2).save(tmp_path)
+    archive = tmp_path / "reconstruction.npz"
+    data = archive.read_bytes()
+    for name, content in (("cut.npz", data[: len(data) // 2]), ("head.npz", data[:100]), ("junk.npz", b"PK\x03\x04")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(Easi3RInputError, match=name) as e:
+            Reconstruction.load(tmp_path / name)
+        assert "\n" not in str(e.value)
+    np.save(tmp_path / "bare.npy", np.zeros(3))
+    with pytest.raises(Easi3RInputError, match="npz"):
+        Reconstruction.load(tmp_path / "bare.npy")

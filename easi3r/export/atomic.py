@@ -6,15 +6,21 @@ to disk, and only then renames it. On any failure, including ``KeyboardInterrupt
 is removed and the exception propagates; a file that already existed under the final name is left
 untouched.
 
-Temporary names look like ``.<final name>.<random>.tmp<suffix>``: they keep the final suffix because
-several writers (OpenCV, trimesh) choose the format from the extension.
+Temporary names look like ``.<final name>.<8 random chars>.tmp<suffix>``: they keep the final suffix because
+several writers (OpenCV, trimesh) choose the format from the extension. A process killed mid-write (SIGKILL,
+power loss) cannot remove its temporary file; :func:`remove_temp_files` deletes such leftovers and
+:func:`easi3r.export.save.save_reconstruction` calls it on every folder it writes into.
+
+Permissions: the temporary file is created with mode ``0o666`` filtered by the process umask, exactly like a
+plain ``open(path, "w")`` (``tempfile.mkstemp`` would make every export ``0o600``, unreadable to the group).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -27,15 +33,58 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "is_temp_name",
+    "remove_temp_files",
 ]
 
 TEMP_MARKER = ".tmp"
+_RANDOM_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+_RANDOM_LEN = 8
+# ``.<final name>.<8 random chars>.tmp<final suffix>``: the exact shape :func:`atomic_path` creates.
+_TEMP_RE = re.compile(rf"^\..+\.[{_RANDOM_CHARS}]{{{_RANDOM_LEN}}}{re.escape(TEMP_MARKER)}(\.[^.]*)?$")
 
 
 def is_temp_name(name: str | os.PathLike[str]) -> bool:
-    """True for a file name produced by :func:`atomic_path` (leftovers after a crash can be deleted)."""
-    base = Path(name).name
-    return base.startswith(".") and TEMP_MARKER in base
+    """True for a file name produced by :func:`atomic_path` (leftovers after a crash can be deleted).
+
+    Example:
+        >>> is_temp_name(".scene.glb.k2j9x_0a.tmp.glb"), is_temp_name("scene.glb"), is_temp_name(".hidden.tmp")
+        (True, False, False)
+    """
+    return _TEMP_RE.match(Path(name).name) is not None
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (not recursive) when a writer was killed.
+
+    Only regular files whose names match :func:`is_temp_name` are removed; a missing folder is fine.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if is_temp_name(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _create_temp(final: Path) -> Path:
+    """Create an empty, new temporary file next to ``final`` with mode ``0o666 & ~umask``."""
+    for _ in range(100):
+        token = "".join(secrets.choice(_RANDOM_CHARS) for _ in range(_RANDOM_LEN))
+        tmp = final.parent / f".{final.name}.{token}{TEMP_MARKER}{final.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {final}")
 
 
 def _fsync_file(path: Path) -> None:
@@ -66,9 +115,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f"{TEMP_MARKER}{final.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(final)
     try:
         yield tmp
         if not tmp.is_file():

@@ -14,7 +14,8 @@ Attention strip layout (:data:`ATTENTION_PANELS`, left to right, each panel ``H 
 Panels 1-5 are the token-grid maps nearest-upsampled to ``(H, W)`` and coloured with matplotlib's
 ``Spectral_r`` on the fixed range [0, 1] (the maps are already normalised; a fixed range keeps colours
 comparable across frames). Means are drawn as ``1 - mean`` as the official visualisation does, so that
-in every panel red (high) points towards "dynamic".
+in every panel red (high) points towards "dynamic". Each panel carries its name (:data:`ATTENTION_PANELS`)
+in its top-left corner, white on a dark box (:func:`draw_label`), so a reader can tell src from ref.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ __all__ = [
     "attention_panel_maps",
     "attention_strip",
     "colorize",
+    "draw_label",
     "encode_png",
     "frame_filename",
+    "label_box",
     "mask_overlay",
     "remove_stale_frames",
     "upsample_nearest",
@@ -125,6 +128,49 @@ def mask_overlay(
     return out
 
 
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LABEL_PAD = 2
+
+
+def _label_style(width: int) -> tuple[float, int]:
+    """Font scale and thickness of a panel label: small, growing slowly with the panel width in pixels."""
+    scale = float(np.clip(width / 1000.0, 0.3, 0.6))
+    return scale, 1
+
+
+def label_box(text: str, width: int) -> tuple[int, int]:
+    """``(box_w, box_h)`` in pixels of the dark box :func:`draw_label` puts at the top-left of a panel ``width`` wide.
+
+    The box may be wider than a small panel; :func:`draw_label` clips it to the image.
+    """
+    scale, thick = _label_style(width)
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    return tw + 2 * _LABEL_PAD, th + base + 2 * _LABEL_PAD
+
+
+def draw_label(image: np.ndarray, text: str) -> NDArray[np.uint8]:
+    """``image`` with ``text`` written in its top-left corner: white, anti-aliased, on a dark grey box.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        text: the label (ASCII; OpenCV's Hershey font has no other glyphs).
+
+    Returns:
+        A new ``(H, W, 3)`` uint8 RGB image; only the pixels of the box (:func:`label_box`, clipped to the image)
+        differ from ``image``.
+    """
+    img = np.asarray(image)
+    check_shape(img, "H W 3", "image")
+    check_dtype(img, (np.uint8,), "image")
+    out = np.ascontiguousarray(img.copy())
+    scale, thick = _label_style(int(img.shape[1]))
+    bw, bh = label_box(text, int(img.shape[1]))
+    out[:bh, :bw] = (32, 32, 32)
+    (_, th), _ = cv2.getTextSize(text, _FONT, scale, thick)
+    cv2.putText(out, text, (_LABEL_PAD, _LABEL_PAD + th), _FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
 def attention_panel_maps(attention: Mapping[str, np.ndarray], dynamic_map: np.ndarray) -> list[NDArray[np.floating]]:
     """The five token-grid maps of one frame's attention panels, in :data:`ATTENTION_PANELS` order.
 
@@ -149,8 +195,15 @@ def attention_strip(
     image: np.ndarray,
     mask: np.ndarray,
     cmap: str = "Spectral_r",
+    *,
+    labels: bool = True,
 ) -> NDArray[np.uint8]:
-    """One frame's attention panels side by side (order in :data:`ATTENTION_PANELS`).
+    """One frame's attention panels side by side (order and names in :data:`ATTENTION_PANELS`).
+
+    ``src_*`` are the frame's attention statistics as the **source, view 2** of its pairs (the
+    ``cross_attn_1`` maps of the pairs where it is the second image), ``ref_*`` as the **reference, view 1**
+    (the ``cross_attn_2`` maps of the pairs where it is the first image); paper Eq. 5-8, official
+    ``cross_att_k_i_*`` / ``cross_att_k_j_*``. Means are drawn as ``1 - mean``.
 
     Args:
         attention: :data:`ATTENTION_KEYS`, each ``(h, w)`` float in [0, 1].
@@ -158,6 +211,7 @@ def attention_strip(
         image: ``(H, W, 3)`` uint8 RGB frame.
         mask: ``(H, W)`` bool dynamic mask.
         cmap: colormap of the five map panels.
+        labels: write each panel's name in its top-left corner (:func:`draw_label`).
 
     Returns:
         ``(H, 6*W, 3)`` uint8 RGB.
@@ -165,6 +219,8 @@ def attention_strip(
     size = (int(image.shape[0]), int(image.shape[1]))
     panels = [colorize(upsample_nearest(m, size), cmap) for m in attention_panel_maps(attention, dynamic_map)]
     panels.append(mask_overlay(image, mask))
+    if labels:
+        panels = [draw_label(p, name) for p, name in zip(panels, ATTENTION_PANELS)]
     return np.concatenate(panels, axis=1)
 
 

@@ -11,6 +11,10 @@ and the COLMAP model all share one frame. (The official demo instead transforms 
 - GLB: node ``points`` (the point cloud) plus one node ``camera_00000`` ... per frame: a pyramid with its
   apex at the camera centre and its base the image rectangle unprojected at depth ``frustum_depth``,
   drawn double-sided and coloured by ``viridis`` over time (first frame dark purple, last yellow).
+  With ``as_pointcloud=False`` the points are instead one mesh per frame, ``mesh_00000`` ...
+  (:func:`frame_mesh`, the official ``dust3r/viz.py::pts3d_to_trimesh``). ``cam_size`` sizes the frusta as
+  the official ``add_scene_cam(screen_width=cam_size)``; ``transform`` re-expresses the whole scene, e.g.
+  :func:`official_view_transform` for the official demo's display frame.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from numpy.typing import NDArray
 from trimesh.visual import ColorVisuals
 
 from .._checks import as_float64, check_dtype, check_shape
+from ..errors import Easi3RInputError
 from .atomic import atomic_write_bytes
 
 __all__ = [
     "camera_frustum",
     "default_frustum_depth",
+    "frame_mesh",
+    "official_view_transform",
     "point_cloud",
     "scene_with_cameras",
     "write_glb",
@@ -69,6 +76,72 @@ def point_cloud(points: np.ndarray, colors: np.ndarray | None = None) -> trimesh
         return trimesh.PointCloud(pts)  # type: ignore[no-untyped-call]
     rgba = np.concatenate([cols, np.full((len(cols), 1), 255, np.uint8)], axis=1)
     return trimesh.PointCloud(pts, colors=rgba)  # type: ignore[no-untyped-call]
+
+
+def frame_mesh(pointmap: np.ndarray, image: np.ndarray, valid: np.ndarray | None = None) -> trimesh.Trimesh:
+    """One frame's pointmap as a triangle mesh: two triangles per 2x2 pixel quad (official ``pts3d_to_trimesh``).
+
+    The quad with top-left pixel ``(y, x)`` gives the triangles ``(y,x) (y,x+1) (y+1,x)`` coloured by pixel
+    ``(y, x)`` and ``(y,x+1) (y+1,x) (y+1,x+1)`` coloured by pixel ``(y+1, x+1)``, each in both windings (so
+    viewers that cull back faces show it from both sides). A triangle is kept only if its three pixels are
+    valid; vertices no triangle uses are dropped.
+
+    Args:
+        pointmap: ``(H, W, 3)`` world points.
+        image: ``(H, W, 3)`` uint8 RGB colours.
+        valid: ``(H, W)`` bool pixels to use (default: finite points).
+
+    Returns:
+        A mesh with per-face RGBA colours (possibly empty).
+    """
+    pts = np.asarray(pointmap, dtype=np.float32)
+    dims = check_shape(pts, "H W 3", "pointmap")
+    img = np.asarray(image)
+    check_shape(img, "H W 3", "image", dims=dims)
+    check_dtype(img, (np.uint8,), "image")
+    ok = np.isfinite(pts).all(axis=-1)
+    if valid is not None:
+        v = np.asarray(valid, dtype=bool)
+        check_shape(v, "H W", "valid", dims=dims)
+        ok &= v
+    H, W = dims["H"], dims["W"]
+    idx = np.arange(H * W).reshape(H, W)
+    tl, tr, bl, br = (a.ravel() for a in (idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]))
+    tri_a, tri_b = np.stack([tl, tr, bl], 1), np.stack([tr, bl, br], 1)
+    flat_ok, flat_img = ok.ravel(), img.reshape(-1, 3)
+    faces_list, colors_list = [], []
+    for tri, colour_px in ((tri_a, tl), (tri_b, br)):
+        keep = flat_ok[tri].all(axis=1)
+        for faces in (tri[keep], tri[keep][:, ::-1]):
+            faces_list.append(faces)
+            colors_list.append(flat_img[colour_px[keep]])
+    faces = np.concatenate(faces_list)
+    used, inverse = np.unique(faces, return_inverse=True)
+    rgba = np.concatenate([np.concatenate(colors_list), np.full((len(faces), 1), 255, np.uint8)], axis=1)
+    mesh = trimesh.Trimesh(
+        vertices=pts.reshape(-1, 3)[used], faces=inverse.reshape(-1, 3), face_colors=rgba, process=False
+    )
+    return mesh
+
+
+def official_view_transform(cam2world0: np.ndarray) -> NDArray[np.float64]:
+    """The official demo's GLB transform ``inv(cam2world[0] @ OPENGL @ R_y(180°))`` (``viz_demo.py``).
+
+    ``OPENGL = diag(1, -1, -1, 1)`` and ``R_y(180°) = diag(-1, 1, -1)``, so this is ``diag(-1, -1, 1, 1) ·
+    world2cam[0]``: the first camera's frame turned by 180° about its optical axis, i.e. image-up is +y as glTF
+    viewers expect.
+
+    Args:
+        cam2world0: ``(4, 4)`` camera-to-world of the first frame.
+
+    Returns:
+        ``(4, 4)`` float64 world -> display transform.
+    """
+    c2w = as_float64(cam2world0, "cam2world0")
+    check_shape(c2w, "4 4", "cam2world0")
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    out: NDArray[np.float64] = np.linalg.inv(c2w @ flip)
+    return out
 
 
 def default_frustum_depth(points: np.ndarray, cam2world: np.ndarray, fraction: float = 0.05) -> float:
@@ -125,6 +198,23 @@ def camera_frustum(
     return mesh
 
 
+def _frustum_depths(
+    points: np.ndarray,
+    c2w: NDArray[np.float64],
+    K: NDArray[np.float64],
+    H: int,
+    frustum_depth: float | None,
+    cam_size: float | None,
+) -> NDArray[np.float64]:
+    T = len(c2w)
+    if cam_size is not None:
+        # Official add_scene_cam: cone height max(screen_width / 10, focal * screen_width / H).
+        focal = 0.5 * (K[:, 0, 0] + K[:, 1, 1])
+        return np.maximum(cam_size / 10.0, focal * cam_size / H)
+    depth = default_frustum_depth(points, c2w) if frustum_depth is None else float(frustum_depth)
+    return np.full(T, depth)
+
+
 def scene_with_cameras(
     points: np.ndarray,
     colors: np.ndarray | None,
@@ -133,28 +223,46 @@ def scene_with_cameras(
     size: tuple[int, int],
     *,
     frustum_depth: float | None = None,
+    cam_size: float | None = None,
     cmap: str = "viridis",
+    meshes: list[trimesh.Trimesh] | None = None,
+    transform: np.ndarray | None = None,
 ) -> trimesh.Scene:
-    """A trimesh scene: node ``points`` (omitted when empty) and ``camera_NNNNN`` frusta, one per frame.
+    """A trimesh scene: node ``points`` (omitted when empty) or ``mesh_NNNNN``, and ``camera_NNNNN`` frusta.
 
     Args:
         points: ``(N, 3)`` world points; ``colors``: ``(N, 3)`` uint8 RGB or None.
         cam2world: ``(T, 4, 4)``; ``intrinsics``: ``(T, 3, 3)`` at ``size = (H, W)``.
         frustum_depth: frustum size in scene units (default :func:`default_frustum_depth`).
+        cam_size: official ``cam_size``: the frustum base is ``cam_size`` high in scene units (depth
+            ``max(cam_size / 10, f · cam_size / H)``); overrides ``frustum_depth``.
         cmap: matplotlib colormap over time for the frusta.
+        meshes: per-frame meshes (:func:`frame_mesh`) shown instead of the point cloud; ``points`` then only
+            size the default frusta.
+        transform: ``(4, 4)`` applied to the whole scene (e.g. :func:`official_view_transform`).
     """
     c2w = as_float64(cam2world, "cam2world")
     K = as_float64(intrinsics, "intrinsics")
     check_shape(K, "T 3 3", "intrinsics", dims=check_shape(c2w, "T 4 4", "cam2world"))
+    if cam_size is not None and not (np.isfinite(cam_size) and cam_size > 0):
+        raise Easi3RInputError(f"cam_size must be a positive number of scene units, got {cam_size}")
     scene = trimesh.Scene()
-    if len(points):
+    if meshes is not None:
+        for t, mesh in enumerate(meshes):
+            if len(mesh.faces):
+                scene.add_geometry(mesh, geom_name=f"mesh_{t:05d}", node_name=f"mesh_{t:05d}")
+    elif len(points):
         scene.add_geometry(point_cloud(points, colors), geom_name="points", node_name="points")
-    depth = default_frustum_depth(points, c2w) if frustum_depth is None else float(frustum_depth)
+    depths = _frustum_depths(points, c2w, K, int(size[0]), frustum_depth, cam_size)
     T = len(c2w)
     rgba = np.round(colormaps[cmap](np.arange(T) / max(T - 1, 1)) * 255).astype(np.uint8)
     for t in range(T):
         name = f"camera_{t:05d}"
-        scene.add_geometry(camera_frustum(c2w[t], K[t], size, depth, rgba[t]), geom_name=name, node_name=name)
+        scene.add_geometry(camera_frustum(c2w[t], K[t], size, depths[t], rgba[t]), geom_name=name, node_name=name)
+    if transform is not None:
+        tf = as_float64(transform, "transform")
+        check_shape(tf, "4 4", "transform")
+        scene.apply_transform(tf)  # type: ignore[no-untyped-call]
     return scene
 
 
@@ -176,8 +284,46 @@ def write_glb(
     size: tuple[int, int],
     *,
     frustum_depth: float | None = None,
+    cam_size: float | None = None,
     cmap: str = "viridis",
+    as_pointcloud: bool = True,
+    valid: np.ndarray | None = None,
+    transform: np.ndarray | None = None,
 ) -> Path:
-    """Write :func:`scene_with_cameras` as a binary glTF (``.glb``), atomically."""
-    scene = scene_with_cameras(points, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cmap=cmap)
+    """Write :func:`scene_with_cameras` as a binary glTF (``.glb``), atomically.
+
+    Args:
+        points: ``(N, 3)`` world points, or ``(T, H, W, 3)`` pointmaps (then ``colors`` is ``(T, H, W, 3)``
+            uint8 and ``valid`` an optional ``(T, H, W)`` bool of the pixels to export).
+        as_pointcloud: one point cloud (default) or, for pointmaps only, one mesh per frame (:func:`frame_mesh`;
+            official ``as_pointcloud=False``).
+        Other arguments: as :func:`scene_with_cameras`.
+
+    Raises:
+        Easi3RInputError: inconsistent shapes, a mesh requested from flat points, a bad ``cam_size``.
+    """
+    pts = np.asarray(points)
+    meshes = None
+    if pts.ndim == 4:
+        dims = check_shape(pts, "T H W 3", "points")
+        if colors is None:
+            raise Easi3RInputError("write_glb: pointmaps (T, H, W, 3) need colors (T, H, W, 3)")
+        cols = np.asarray(colors)
+        check_shape(cols, "T H W 3", "colors", dims=dims)
+        ok = np.isfinite(pts).all(axis=-1)
+        if valid is not None:
+            v = np.asarray(valid, dtype=bool)
+            check_shape(v, "T H W", "valid", dims=dims)
+            ok &= v
+        if not as_pointcloud:
+            meshes = [frame_mesh(pts[t], cols[t], ok[t]) for t in range(dims["T"])]
+        pts, colors = pts[ok], cols[ok]
+    elif not as_pointcloud:
+        raise Easi3RInputError("write_glb: as_pointcloud=False needs (T, H, W, 3) pointmaps, got flat points")
+    elif valid is not None:
+        raise Easi3RInputError("write_glb: valid applies to (T, H, W, 3) pointmaps only")
+    scene = scene_with_cameras(
+        pts, colors, cam2world, intrinsics, size, frustum_depth=frustum_depth, cam_size=cam_size, cmap=cmap,
+        meshes=meshes, transform=transform,
+    )  # fmt: skip
     return atomic_write_bytes(path, scene.export(file_type="glb"))  # type: ignore[no-untyped-call]
