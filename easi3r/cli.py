@@ -28,7 +28,7 @@ __all__ = ["build_parser", "main"]
 
 #: Command-line groups of the configuration fields, in the order of the method's stages.
 _GROUPS: dict[str, tuple[str, ...]] = {
-    "frames": ("image_size", "fps", "max_frames"),
+    "frames": ("image_size", "crop", "fps", "max_frames"),
     "pairs and network": ("graph", "window", "cyclic", "pair_batch_size"),
     "segmentation": ("clusters", "cluster_seed", "threshold", "reweight"),
     "alignment": ("alignment", "align_window", "align_overlap", "flow"),
@@ -193,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rec = runner.run(inputs[0], progress=not args.quiet and runner.dist.is_main)
     if not runner.dist.is_main:
         return 0  # one video on several processes: every rank holds the result, rank 0 writes it
-    written = rec.save(args.out, progress=not args.quiet)
+    written = rec.save(args.out, progress=not args.quiet, **_save_options(args))
     write_run_config(args.out, runner.config, str(args.backbone))
     if not args.quiet:
         share = 100.0 * rec.masks.mean()
@@ -202,6 +202,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"at {rec.size[1]}x{rec.size[0]}; {len(written) + 1} outputs in {args.out}"
         )
     return 0
+
+
+def _save_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The export options of ``easi3r run`` (see :meth:`easi3r.Reconstruction.save`)."""
+    return dict(
+        layout=args.layout, videos=args.videos, clean_depth=args.clean_depth, mask_sky=args.mask_sky,
+        cam_size=args.cam_size, as_pointcloud=not args.as_mesh,
+    )  # fmt: skip
 
 
 def _read_input_list(path: str) -> list[str]:
@@ -280,6 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default=None, metavar="FILE", help="JSON or YAML configuration (e.g. a run's config.json)"
     )
     add_config_options(run)
+    out = run.add_argument_group("output files")
+    out.add_argument(
+        "--layout",
+        choices=("default", "official"),
+        default="default",
+        help="also write the official Easi3R/MonST3R file names (pred_traj.txt, frame_NNNN.npy, ...)",
+    )
+    out.add_argument("--videos", action="store_true", help="also write masks.mp4 and attention.mp4")
+    out.add_argument(
+        "--clean-depth",
+        action="store_true",
+        help="GLB: drop points hidden in front of another camera's depth (official clean_pointcloud)",
+    )
+    out.add_argument("--mask-sky", action="store_true", help="GLB: drop sky pixels (the official HSV heuristic)")
+    out.add_argument("--cam-size", type=float, default=None, help="GLB: camera frustum size (default: from the scene)")
+    out.add_argument("--as-mesh", action="store_true", help="GLB: per-frame meshes instead of a point cloud")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 

@@ -169,6 +169,8 @@ class Easi3RConfig:
 
     Attributes:
         image_size: long side of the processed frames in pixels (512 or 224).
+        crop: centre-crop the resized frames to multiples of 16 (official default); False resizes them to multiples
+            of 16 instead (official ``crop=False``, the DyCheck protocol).
         fps: frames per second sampled from a video (None = every frame).
         max_frames: at most this many frames are used; ``"auto"`` (default) caps videos at the official demo's 200
             frames and keeps every frame of a folder, list or array; None keeps every frame. Dropped frames are
@@ -194,6 +196,7 @@ class Easi3RConfig:
     """
 
     image_size: int = field(default=512, metadata=_bounds(16))
+    crop: bool = True
     fps: float | None = field(default=None, metadata=_bounds(0, lo_open=True))
     max_frames: int | Literal["auto"] | None = field(default="auto", metadata=_bounds(1))
     graph: Literal["swin", "swinstride", "swin2stride", "complete", "oneref"] = "swinstride"

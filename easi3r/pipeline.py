@@ -378,7 +378,7 @@ class Easi3R:
         """Frames from any source :func:`easi3r.load_frames` accepts, with this config's size/fps/frame cap."""
         cfg = self.config
         limit = cfg.frame_limit(is_video_path(frames))
-        loaded = load_frames(frames, cfg.image_size, fps=cfg.fps, max_frames=limit)
+        loaded = load_frames(frames, cfg.image_size, fps=cfg.fps, max_frames=limit, crop=cfg.crop)
         if len(loaded) < 2:
             raise Easi3RInputError(
                 f"Easi3R needs at least 2 frames (the attention statistics compare pairs), got {len(loaded)}"
@@ -569,6 +569,7 @@ class Easi3R:
             frame_names=list(frames.names),
             original_sizes=list(frames.original_sizes),
             image_size=cfg.image_size,
+            crop=frames.crop,
             fps=frames.fps,
             cluster_labels=labels.numpy(),
             threshold=float(seg.threshold.threshold),
