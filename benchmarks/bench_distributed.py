@@ -105,10 +105,11 @@ def main() -> None:
             if base is None:
                 base = (slowest, rows[0]["maxrss_mb"])
             else:
-                speed = {k: base[0][k] / slowest[k] for k in slowest if slowest[k] > 0}
-                print(f"        speed-up x2: passes {speed.get('passes_s', float('nan')):.2f}, alignment "
-                      f"{speed.get('alignment_s', float('nan')):.2f}, total {speed.get('total_s', float('nan')):.2f};"
-                      f" peak per process {max(r['maxrss_mb'] for r in rows) / base[1]:.2f}x of one process")  # fmt: skip
+                nan = float("nan")
+                speed = {k: base[0][k] / slowest[k] if slowest[k] > 0 else nan for k in slowest}
+                ratio = max(r["maxrss_mb"] for r in rows) / base[1]
+                print(f"        speed-up x2: passes {speed['passes_s']:.2f}, alignment {speed['alignment_s']:.2f}, "
+                      f"total {speed['total_s']:.2f}; peak per process {ratio:.2f}x of one process")  # fmt: skip
 
 
 if __name__ == "__main__":
