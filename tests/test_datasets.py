@@ -242,3 +242,83 @@ def test_model_run_end_to_end(tmp_path: Path, tiny_checkpoint: Path, name: str) 
     again = run_benchmark(name, root, out, subset=",".join(seqs), **{**kwargs, "backbone": "/no/such.pth"})
     assert json.loads((out / "runs" / "summary.json").read_text())["counts"]["skipped"] == len(seqs)
     assert again.summary == result.summary
+
+
+def _to_official_layout(folder: Path) -> None:
+    """Rewrite an easi3r prediction folder as the official launcher's files (base_opt.py savers)."""
+    from PIL import Image
+
+    from easi3r.eval.outputs import read_pred_trajectory
+    from easi3r.export.tum import canonical_unitquat
+
+    if (folder / "masks").is_dir():
+        for k, f in enumerate(sorted((folder / "masks").iterdir())):
+            Image.open(f).save(folder / f"dynamic_mask_{k}.png")
+            f.unlink()
+        (folder / "masks").rmdir()
+        return
+    poses = read_pred_trajectory(folder)
+    quat = canonical_unitquat(poses[:, :3, :3])[:, [3, 0, 1, 2]]  # scalar first, as c2w_to_tumpose
+    rows = np.concatenate([np.arange(len(poses))[:, None], poses[:, :3, 3], quat], axis=1)
+    (folder / "pred_traj.txt").write_text("".join(" ".join(repr(float(v)) for v in r) + "\n" for r in rows))
+    (folder / "trajectory.tum").unlink()
+    if (folder / "depths.npz").is_file():
+        with np.load(folder / "depths.npz") as data:
+            for k, d in enumerate(data["depths"]):
+                np.save(folder / f"frame_{k:04d}.npy", d.astype(np.float32))
+        (folder / "depths.npz").unlink()
+        (folder / "intrinsics.txt").rename(folder / "pred_intrinsics.txt")
+
+
+@pytest.mark.parametrize("name", ["davis", "dycheck"])
+def test_official_output_files_are_read(tmp_path: Path, name: str) -> None:
+    root, pred, out = tmp_path / "data", tmp_path / "pred", tmp_path / "out"
+    write_synthetic_dataset(name, root, sequences=DEFAULT_SEQUENCES[name][:1], frames=12)
+    write_oracle_predictions(name, root, pred)
+    _to_official_layout(pred / DEFAULT_SEQUENCES[name][0])
+    result = run_benchmark(name, root, out, predictions=pred, progress=False)
+    assert result.sequences[0].status == "ok", result.sequences[0].error
+    mean = result.summary["mean"]
+    if name == "davis":  # dynamic_mask_10.png sorts after dynamic_mask_2.png only by its integer index
+        assert result.summary["pooled"]["JM"] == 1.0 and mean["FM"] == 1.0
+    else:
+        assert mean["ate"] < 1e-8 and mean["accuracy"] < 1e-5 and mean["distance"] < 1e-5
+
+
+def test_wrong_predictions_score_what_they_should(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from easi3r.eval.masks import read_davis_gt
+    from easi3r.eval.outputs import read_pred_trajectory
+
+    # DAVIS: the object is in every frame; predicting nothing on the last 4 of 8 frames gives J = F = 0 there.
+    root, pred = tmp_path / "davis", tmp_path / "pred_davis"
+    write_synthetic_dataset("davis", root, sequences=("dog",), frames=8)
+    write_oracle_predictions("davis", root, pred)
+    assert read_davis_gt(root, "dog").any(axis=(1, 2)).all()
+    for f in sorted((pred / "dog" / "masks").iterdir())[4:]:
+        Image.fromarray(np.zeros((48, 64), dtype=np.uint8)).save(f)
+    result = run_benchmark("davis", root, tmp_path / "out_davis", predictions=pred, progress=False)
+    assert result.sequences[0].per_frame["J"] == [1.0] * 4 + [0.0] * 4
+    assert result.sequences[0].per_frame["F"] == [1.0] * 4 + [0.0] * 4
+    pooled, mean = result.summary["pooled"], result.summary["mean"]
+    assert pooled["JM"] == pooled["JR"] == pooled["FM"] == pooled["J&F"] == 0.5
+    assert mean["JD"] == mean["FD"] == 1.0  # decay bins v[0:3] (all 1) and v[5:8] (all 0)
+
+    # Poses: a similarity transform of the ground truth is still perfect (Sim(3) alignment); noise is not.
+    root, pred = tmp_path / "tum", tmp_path / "pred_tum"
+    write_synthetic_dataset("tum-dynamics", root, sequences=("walk",), frames=6)
+    write_oracle_predictions("tum-dynamics", root, pred)
+    gt = read_pred_trajectory(pred / "walk")
+    c, s = np.cos(0.7), np.sin(0.7)
+    sim = np.array([[c, -s, 0, 1.0], [s, c, 0, -2.0], [0, 0, 1, 0.5], [0, 0, 0, 1]])
+    moved = sim @ gt
+    moved[:, :3, 3] *= 3.0
+    write_tum(pred / "walk" / "trajectory.tum", moved)
+    result = run_benchmark("tum", root, tmp_path / "out_tum", predictions=pred, progress=False)
+    assert result.summary["mean"]["ate"] < 1e-7 and result.summary["mean"]["rre_deg"] < 1e-5
+    noisy = gt.copy()
+    noisy[:, :3, 3] += np.random.default_rng(0).normal(0, 0.05, (6, 3))
+    write_tum(pred / "walk" / "trajectory.tum", noisy)
+    result = run_benchmark("tum", root, tmp_path / "out_tum", predictions=pred, progress=False)
+    assert 0.005 < result.summary["mean"]["ate"] < 0.1
