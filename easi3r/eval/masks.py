@@ -44,6 +44,7 @@ __all__ = [
     "iou",
     "jm_jr",
     "loader_resize_crop",
+    "matched_masks",
     "read_davis_gt",
     "read_pred_masks",
     "subset_sequences",
@@ -401,13 +402,43 @@ def evaluate_sequence(pred_root: str | os.PathLike[str], gt_root: str | os.PathL
     Returns:
         ``(T_gt,)`` float64 IoUs, one per annotated frame.
     """
+    pred, gt = matched_masks(pred_root, gt_root, sequence)
+    return frame_ious(pred, gt)
+
+
+def matched_masks(
+    pred_root: str | os.PathLike[str],
+    gt_root: str | os.PathLike[str],
+    sequence: str,
+    gt_frames: Sequence[int] | None = None,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """One sequence's predicted and ground-truth masks at the prediction's resolution, frame-matched.
+
+    The ground truth is brought to the predictions' ``(H, W)`` (:func:`loader_resize_crop`) unless it already
+    has it; missing predicted frames become empty masks, extra ones are dropped (with a warning), as in the
+    official ``davis2017/evaluation.py`` ``MaskEvaluation._evaluate``.
+
+    Args:
+        pred_root: folder of per-sequence prediction folders (:func:`read_pred_masks`).
+        gt_root: DAVIS root (:func:`read_davis_gt`).
+        sequence: the sequence name.
+        gt_frames: indices of the annotated frames that were reconstructed (a strided or capped run), in
+            order; None: every annotated frame.
+
+    Returns:
+        ``(pred, gt)``, both ``(T_gt, H, W)`` bool.
+    """
     pred = read_pred_masks(pred_root, sequence)
     gt = read_davis_gt(gt_root, sequence)
+    if gt_frames is not None:
+        idx = np.asarray(list(gt_frames), dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= gt.shape[0]:
+            raise Easi3RInputError(f"{sequence}: frame indices must lie in [0, {gt.shape[0]}), got {idx.tolist()}")
+        gt = gt[idx]
     if gt.shape[1:] != pred.shape[1:]:
         size = (int(pred.shape[1]), int(pred.shape[2]))
         gt = np.stack([loader_resize_crop(m, size=size) for m in gt])
-    pred = _match_frames(pred, gt.shape[0], sequence)
-    return frame_ious(pred, gt)
+    return _match_frames(pred, gt.shape[0], sequence), gt
 
 
 def evaluate_masks(
