@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)
+    from .datasets.cli import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 
