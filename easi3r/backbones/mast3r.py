@@ -216,6 +216,7 @@ class MASt3R(DUSt3R):
 
     Args:
         config: the architecture (:class:`MASt3RConfig`); load released weights with :func:`load_mast3r_checkpoint`.
+        options: keyword options of :class:`DUSt3R` (e.g. head chunking), passed through.
 
     Example:
         >>> net = MASt3R(MASt3RConfig(enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=32,
@@ -230,9 +231,9 @@ class MASt3R(DUSt3R):
     metric: bool = True
     config: MASt3RConfig
 
-    def __init__(self, config: MASt3RConfig | None = None) -> None:
+    def __init__(self, config: MASt3RConfig | None = None, **options: Any) -> None:
         cfg = config or MASt3RConfig()
-        super().__init__(cfg.dust3r_config())
+        super().__init__(cfg.dust3r_config(), **options)
         self.config = cfg
         # The catmlp+dpt heads take the DPT heads' slots (same names, same hooks) and add the descriptor MLP.
         self.downstream_head1 = self._catmlp_head(cfg)
