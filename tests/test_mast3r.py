@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.checkpoints import save_pretrained_folder
 
-from easi3r import CheckpointError
+from easi3r import CheckpointError, load_backbone
+from easi3r.backbones import PRETRAINED, DUSt3R, PairPrediction
 from easi3r.backbones.checkpoint import parse_model_string, read_checkpoint
-from easi3r.backbones.mast3r import MASt3R, MASt3RConfig, MASt3RPrediction, load_mast3r_checkpoint
+from easi3r.backbones.mast3r import MASt3R, MASt3RConfig
 
 DATA = Path(__file__).parent / "data" / "mast3r"
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -35,23 +37,25 @@ def golden() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def predictions() -> dict[str, MASt3RPrediction]:
+def predictions() -> dict[str, tuple[PairPrediction, torch.Tensor]]:
     """Per-device cache: the ``device`` fixture is function-scoped, the forward pass is run once per device."""
     return {}
 
 
 @pytest.fixture
-def prediction(predictions, device) -> MASt3RPrediction:
-    """The tiny checkpoint on the official pair batch: view 1 = frames [0, 1], view 2 = frames [1, 0]."""
+def prediction(predictions, device) -> tuple[PairPrediction, torch.Tensor]:
+    """The tiny checkpoint on the official pair batch: view 1 = frames [0, 1], view 2 = frames [1, 0]; with the view-1
+    encoder tokens on their grid."""
     if device not in predictions:
-        net = load_mast3r_checkpoint(DATA / "tiny_mast3r.pth", device=device)
+        net = load_backbone(DATA / "tiny_mast3r.pth", device=device)
+        assert isinstance(net, MASt3R) and net.metric
         with np.load(REFERENCE / "preprocess.npz") as f:
             img = torch.from_numpy(f["img"][:2]).to(device)
         with torch.no_grad():
             enc = net.encode(img)
             pred = net.forward_pair(enc[[0, 1]], enc[[1, 0]])
-        assert isinstance(pred, MASt3RPrediction)
-        predictions[device] = pred
+        assert isinstance(pred, PairPrediction)
+        predictions[device] = pred, enc[[0, 1]].token_grid()
     return predictions[device]
 
 
@@ -60,8 +64,9 @@ def _stats(x: np.ndarray) -> np.ndarray:
     return np.stack([x.mean(1), x.std(1), x.min(1), x.max(1), np.abs(x).mean(1)], axis=1)
 
 
-def _ours(pred: MASt3RPrediction, name: str) -> np.ndarray:
-    value = pred.extras[name] if name in pred.extras else getattr(pred, name)
+def _ours(prediction: tuple[PairPrediction, torch.Tensor], name: str) -> np.ndarray:
+    pred, features = prediction
+    value = features if name == "features_1" else pred.extras[name] if name in pred.extras else getattr(pred, name)
     assert value is not None
     return value.detach().cpu().numpy()
 
@@ -92,6 +97,7 @@ def test_forward_matches_official(prediction, golden, name, key, grid, atol, rto
 
 
 def test_prediction_fields(prediction):
+    prediction = prediction[0]
     assert set(prediction.extras) == {"desc_1", "desc_conf_1", "desc_2", "desc_conf_2"}
     for view in (1, 2):
         desc = prediction.extras[f"desc_{view}"]
@@ -174,9 +180,17 @@ def test_config_rejects_bad_values():
         MASt3RConfig(dec_depth=2)
 
 
-def test_dust3r_checkpoint_is_rejected():
+def test_adapter_follows_the_checkpoint():
+    """AsymmetricMASt3R -> MASt3R (metric), AsymmetricCroCo3DStereo -> DUSt3R; a DUSt3R config is no MASt3R."""
+    dust3r = load_backbone(REFERENCE / "tiny_dust3r.pth", "cpu")
+    assert type(dust3r) is DUSt3R and not dust3r.metric
+    config, _ = read_checkpoint(REFERENCE / "tiny_dust3r.pth")
     with pytest.raises(CheckpointError, match="head_type"):
-        load_mast3r_checkpoint(REFERENCE / "tiny_dust3r.pth", device="cpu")
+        MASt3RConfig.from_official(config)
+    entry = PRETRAINED["mast3r"]
+    assert entry.hub_id == "naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric"
+    assert entry.files == ("config.json", "model.safetensors") and entry.metric and entry.adapter is MASt3R
+    assert entry.architecture == MASt3RConfig.from_official(parse_model_string(RELEASED)[1])
 
 
 def test_single_confidence_variant_copies_the_point_confidence():
@@ -203,4 +217,23 @@ def test_heads_off_and_plain_dust3r_fields():
     assert off.cross_attn_1 is not None and on.cross_attn_1 is not None
     torch.testing.assert_close(off.cross_attn_1, on.cross_attn_1, rtol=0, atol=0)
     assert on.extras["desc_1"].shape == (1, 32, 48, 8)
-    assert net._extras is None  # no state is left behind between calls
+    assert not hasattr(net, "_extras")  # no state is kept between calls
+
+
+def test_pth_and_hub_safetensors_forms_load_to_identical_outputs(tmp_path):
+    """The official .pth and the hub's config.json + model.safetensors (written by the test tooling from the same
+    checkpoint; the DPT aliases are dropped there) give bit-identical outputs, descriptors included."""
+    config, sd = read_checkpoint(DATA / "tiny_mast3r.pth")
+    folder = save_pretrained_folder(tmp_path / "hub", config, sd)
+    assert json.loads((folder / "config.json").read_text())["head_type"] == "catmlp+dpt"
+    pth, hub = load_backbone(DATA / "tiny_mast3r.pth", "cpu"), load_backbone(folder, "cpu")
+    assert type(hub) is MASt3R and hub.metric
+    with np.load(REFERENCE / "preprocess.npz") as f:
+        img = torch.from_numpy(f["img"][:2, :, :64, :96].copy())
+    with torch.no_grad():
+        a, b = pth.forward_pair(img[:1], img[1:]), hub.forward_pair(img[:1], img[1:])
+    for field in ("pts3d_1", "conf_1", "pts3d_2", "conf_2", "cross_attn_1", "cross_attn_2"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert set(a.extras) == set(b.extras) == {"desc_1", "desc_conf_1", "desc_2", "desc_conf_2"}
+    for key in a.extras:
+        assert torch.equal(a.extras[key], b.extras[key]), key

@@ -11,25 +11,20 @@ descriptor branch is added here. State-dict names and order equal the official o
 from __future__ import annotations
 
 import math
-import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import resolve_device
 from ..errors import CheckpointError
-from .base import EncodedImages, PairPrediction
-from .checkpoint import read_checkpoint
-from .dust3r import DUSt3R, DUSt3RConfig
+from .dust3r import DUSt3R, DUSt3RConfig, check_positive_int
 from .heads import DPTHead
 from .layers import Mlp
-from .registry import load_weights
 
-__all__ = ["CatMLPDPTHead", "MASt3R", "MASt3RConfig", "MASt3RPrediction", "load_mast3r_checkpoint"]
+__all__ = ["CatMLPDPTHead", "MASt3R", "MASt3RConfig", "postprocess_descriptors"]
 
 _OUTPUT_MODE = re.compile(r"pts3d\+desc(\d+)")
 
@@ -58,9 +53,8 @@ class MASt3RConfig(DUSt3RConfig):
     def __post_init__(self) -> None:
         if self.head_type != "catmlp+dpt":
             raise CheckpointError(f"unsupported head_type {self.head_type!r} (expected 'catmlp+dpt')")
-        self.dust3r_config()  # validates the shared encoder/decoder fields (head dims, DPT depth)
-        if isinstance(self.local_feat_dim, bool) or not isinstance(self.local_feat_dim, int) or self.local_feat_dim < 1:
-            raise CheckpointError(f"local_feat_dim must be a positive int, got {self.local_feat_dim!r}")
+        self.dust3r_config()  # validates the shared encoder/decoder fields (types, head dims, DPT depth)
+        check_positive_int(self.local_feat_dim, "local_feat_dim")
         if not isinstance(self.two_confs, bool):
             raise CheckpointError(f"two_confs must be a bool, got {self.two_confs!r}")
         mode = self.desc_conf_mode
@@ -110,7 +104,11 @@ class MASt3RConfig(DUSt3RConfig):
             desc_conf_mode = kw.get("conf_mode", ("exp", 1, math.inf))
         if isinstance(desc_conf_mode, list):
             desc_conf_mode = tuple(desc_conf_mode)
-        if isinstance(desc_conf_mode, tuple) and len(desc_conf_mode) == 3 and not isinstance(desc_conf_mode[1], str):
+        if (
+            isinstance(desc_conf_mode, tuple)
+            and len(desc_conf_mode) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in desc_conf_mode[1:])
+        ):
             desc_conf_mode = (desc_conf_mode[0], *(float(v) for v in desc_conf_mode[1:]))
         base = DUSt3RConfig.from_official({**kw, "head_type": "dpt"})
         shared = {f.name: getattr(base, f.name) for f in fields(DUSt3RConfig)}
@@ -121,27 +119,6 @@ class MASt3RConfig(DUSt3RConfig):
             desc_conf_mode=desc_conf_mode,
             desc_mode="norm",
         )
-
-
-@dataclass
-class MASt3RPrediction(PairPrediction):
-    """:class:`PairPrediction` plus MASt3R's dense descriptors (empty when the heads were skipped).
-
-    Attributes:
-        extras: ``desc_1`` / ``desc_2`` ``(B, H, W, D)`` unit-norm descriptors of view 1 / view 2 (float32), and
-            ``desc_conf_1`` / ``desc_conf_2`` ``(B, H, W)`` their confidences (official ``pred1['desc']``,
-            ``pred1['desc_conf']``, ``pred2['desc']``, ``pred2['desc_conf']``).
-    """
-
-    extras: dict[str, Tensor] = field(default_factory=dict)
-
-
-class _LocalFeatureMlp(Mlp):
-    """Official croco ``models/blocks.py`` ``Mlp`` with ``out_features`` != ``in_features``: fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int, out: int) -> None:
-        super().__init__(dim, hidden)
-        self.fc2 = nn.Linear(hidden, out)  # replaced in place: the key order (fc1, fc2) is kept
 
 
 class CatMLPDPTHead(DPTHead):
@@ -171,7 +148,7 @@ class CatMLPDPTHead(DPTHead):
         width = enc_dim + dec_dim
         self.local_feat_dim = local_feat_dim
         self.two_confs = two_confs
-        self.head_local_features = _LocalFeatureMlp(
+        self.head_local_features = Mlp(
             width, int(hidden_factor * width), (local_feat_dim + int(two_confs)) * patch_size**2
         )
 
@@ -211,11 +188,13 @@ def postprocess_descriptors(
 class MASt3R(DUSt3R):
     """MASt3R pointmap network: DUSt3R's encoder, decoders and readout, ``catmlp+dpt`` heads.
 
-    :meth:`forward_pair` returns a :class:`MASt3RPrediction`: the fields of :class:`PairPrediction`, computed
-    exactly as :class:`DUSt3R` does, plus the descriptors in ``extras``.
+    :meth:`forward_pair` returns a :class:`~easi3r.backbones.base.PairPrediction` whose fields are computed exactly
+    as :class:`DUSt3R` does, plus the descriptors in ``extras``: ``desc_1`` / ``desc_2`` ``(B, H, W, D)`` unit-norm
+    descriptors of view 1 / view 2 (float32) and ``desc_conf_1`` / ``desc_conf_2`` ``(B, H, W)`` their confidences
+    (official ``pred1['desc']``, ``pred1['desc_conf']``, ``pred2['desc']``, ``pred2['desc_conf']``).
 
     Args:
-        config: the architecture (:class:`MASt3RConfig`); load released weights with :func:`load_mast3r_checkpoint`.
+        config: the architecture (:class:`MASt3RConfig`); load released weights with :func:`easi3r.load_backbone`.
         options: keyword options of :class:`DUSt3R` (e.g. head chunking), passed through.
 
     Example:
@@ -232,80 +211,36 @@ class MASt3R(DUSt3R):
     config: MASt3RConfig
 
     def __init__(self, config: MASt3RConfig | None = None, **options: Any) -> None:
-        cfg = config or MASt3RConfig()
-        super().__init__(cfg.dust3r_config(), **options)
-        self.config = cfg
-        # The catmlp+dpt heads take the DPT heads' slots (same names, same hooks) and add the descriptor MLP.
-        self.downstream_head1 = self._catmlp_head(cfg)
-        self.downstream_head2 = self._catmlp_head(cfg)
-        # Descriptors of the forward_pair call in progress (see _head), None outside a call.
-        self._extras: dict[str, Tensor] | None = None
+        super().__init__(config or MASt3RConfig(), **options)
 
-    @staticmethod
-    def _catmlp_head(cfg: MASt3RConfig) -> CatMLPDPTHead:
+    @classmethod
+    def _config_class(cls) -> type[MASt3RConfig]:
+        return MASt3RConfig
+
+    def _make_head(self, cfg: DUSt3RConfig) -> nn.Module:
+        """The ``catmlp+dpt`` head (official ``mast3r/catmlp_dpt_head.py`` ``mast3r_head_factory``)."""
+        if not isinstance(cfg, MASt3RConfig):  # pragma: no cover - __init__ only passes a MASt3RConfig
+            raise CheckpointError(f"MASt3R needs a MASt3RConfig, got {type(cfg).__name__}")
         return CatMLPDPTHead(
             cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size, cfg.local_feat_dim, cfg.two_confs
         )
 
-    def forward_pair(
-        self, view1: Tensor | EncodedImages, view2: Tensor | EncodedImages, **options: Any
-    ) -> MASt3RPrediction:
-        """See :meth:`DUSt3R.forward_pair` (``options``: its keyword arguments, passed through); the descriptors are
-        in ``extras`` (:class:`MASt3RPrediction`)."""
-        self._extras = {}
-        try:
-            pred = super().forward_pair(view1, view2, **options)
-            extras = self._extras
-        finally:
-            self._extras = None
-        return MASt3RPrediction(**{f.name: getattr(pred, f.name) for f in fields(PairPrediction)}, extras=extras)
-
-    def _head(self, head: nn.Module, kept: dict[int, Tensor], image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """DUSt3R's point head (chunked, outside autocast), then the descriptor branch of the same view.
-
-        The descriptors of view ``k`` go to ``self._extras`` as ``desc_k`` ``(B, H, W, D)`` and ``desc_conf_k``
-        ``(B, H, W)``, both float32, read by :meth:`forward_pair`.
-        """
-        pts, conf = super()._head(head, kept, image_size)
-        if not isinstance(head, CatMLPDPTHead) or self._extras is None:
-            return pts, conf
-        view = 1 if head is self.downstream_head1 else 2
+    def _extra_outputs(
+        self, view: int, head: nn.Module, kept: dict[int, Tensor], size: tuple[int, int], conf: Tensor
+    ) -> dict[str, Tensor]:
+        """The descriptor branch of one view: ``desc_<view>`` ``(B, H, W, D)`` and ``desc_conf_<view>``
+        ``(B, H, W)``, float32 (see :meth:`DUSt3R._extra_outputs` for the arguments)."""
+        if not isinstance(head, CatMLPDPTHead):  # pragma: no cover - _make_head builds only these
+            return {}
         tokens = (kept[0], kept[len(self.dec_blocks)])
         dtype = next(head.parameters()).dtype
         # Official AsymmetricCroCo3DStereo.forward runs both head branches in float32 outside autocast.
         with torch.autocast(device_type=tokens[0].device.type, enabled=False):
-            raw = head.local_features(tokens[0].to(dtype), tokens[1].to(dtype), image_size)
+            raw = head.local_features(tokens[0].to(dtype), tokens[1].to(dtype), size)
             mode = self.config.desc_conf_mode if self.config.two_confs else None
             desc, desc_conf = postprocess_descriptors(raw, self.config.local_feat_dim, mode)
-        self._extras[f"desc_{view}"] = desc.float()
         # two_confs=False: the official postprocess copies the point confidence.
-        self._extras[f"desc_conf_{view}"] = conf.clone() if desc_conf is None else desc_conf.float()
-        return pts, conf
-
-
-def load_mast3r_checkpoint(path: str | os.PathLike[str], device: str | torch.device | None = None) -> MASt3R:
-    """Load an official MASt3R ``.pth`` (``{'args': Namespace(model='AsymmetricMASt3R(...)'), 'model': ...}``), or
-    a ``config.json`` + ``model.safetensors`` folder, without executing code from the file.
-
-    The configuration is parsed with :meth:`MASt3RConfig.from_official` and the weights are matched strictly by
-    name (official ``mast3r/model.py`` ``load_model`` loads with ``strict=False``; here a missing or unexpected key
-    is an error).
-
-    Args:
-        path: the checkpoint file or folder.
-        device: target device (None: CUDA when available).
-
-    Returns:
-        The network in eval mode, without gradients, on ``device``.
-
-    Raises:
-        CheckpointError: unreadable or unsafe file, a configuration that is not a supported MASt3R, or weights that
-            do not match it.
-    """
-    config, state_dict = read_checkpoint(path)
-    if config is None:
-        raise CheckpointError(f"{path}: the checkpoint carries no model configuration")
-    model = MASt3R(MASt3RConfig.from_official(config))
-    load_weights(model, state_dict, source=str(path))
-    model.eval().requires_grad_(False)
-    return model.to(resolve_device(device))
+        return {
+            f"desc_{view}": desc.float(),
+            f"desc_conf_{view}": conf.clone() if desc_conf is None else desc_conf.float(),
+        }
