@@ -1,38 +1,55 @@
-"""Host another pointmap network: subclass the Backbone adapter.
+"""A third-party backbone adapter that registers itself by name, then runs Easi3R through that name.
 
-A toy adapter that keeps the DUSt3R encoder/decoder (so Easi3R's attention readout and re-weighting work unchanged)
-but replaces the prediction heads with its own: here a linear layer on the embedded encoder tokens that predicts a
-depth per token, unprojected with a fixed focal into points (a stand-in for e.g. MASt3R's heads).
+The adapter wraps any DUSt3R-family :class:`~easi3r.backbones.base.Backbone` through its public ``encode`` /
+``decode`` only (so Easi3R's attention readout and re-weighting work unchanged), skips the wrapped heads and puts its
+own in their place: a parameter-free toy head that turns each encoder token into a depth in [1, 3] metres and
+unprojects it with a fixed focal (a stand-in for another family's heads). Registering it with
+:func:`easi3r.backbones.register_backbone` makes ``Easi3R("toy-depth")`` and ``easi3r.load_backbone("toy-depth")``
+work without editing easi3r. It runs on the tiny random checkpoint of the test data (no download)::
 
     python examples/custom_backbone.py
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from easi3r import Backbone, Easi3R
-from easi3r.backbones import CrossAttentionReadout, DUSt3R, EncodedImages, PairPrediction, TokenMasks
-from easi3r.demo import DEMO_ARCHITECTURE, render_video
-from easi3r.frames import load_frames
+from easi3r import Backbone, Easi3R, load_backbone
+from easi3r.backbones import (
+    CrossAttentionReadout,
+    EncodedImages,
+    PairPrediction,
+    Preprocessing,
+    TokenMasks,
+    register_backbone,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 
 
 class ToyDepthBackbone(Backbone):
-    """DUSt3R's encoder and decoders with a per-token depth head.
+    """Wraps a backbone's encoder and decoders and predicts points with a toy per-token depth head.
 
     An adapter implements :meth:`Backbone.encode` and :meth:`Backbone.decode`; the inherited
     :meth:`Backbone.forward_pair` (what Easi3R calls) validates the pair and the masks and calls ``decode``.
+
+    Args:
+        inner: the wrapped network (its heads are not run).
+        focal: focal length of the toy unprojection, in pixels.
     """
 
-    def __init__(self, inner: DUSt3R, focal: float = 256.0) -> None:
+    metric = True  # the toy depths are "metres"
+
+    def __init__(self, inner: Backbone, focal: float = 64.0) -> None:
         super().__init__()
         self.inner = inner
         self.patch_size = inner.patch_size
         self.focal = focal
-        self.depth_head = nn.Linear(inner.config.dec_embed_dim, 1)
 
     @property
     def attention_channels(self) -> int:
@@ -41,25 +58,18 @@ class ToyDepthBackbone(Backbone):
     def encode(self, images: Tensor) -> EncodedImages:
         return self.inner.encode(images)
 
-    def _points(self, depth_tokens: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Points ``(B, H, W, 3)`` and confidences ``(B, H, W)`` of images of ``size = (H, W)`` from ``(B, N, 1)``
-        per-token depth logits."""
-        h, w = size[0] // self.patch_size, size[1] // self.patch_size
-        depth = 2.0 + torch.tanh(rearrange(depth_tokens, "b (h w) 1 -> b 1 h w", h=h, w=w))  # metres, in [1, 3]
+    def _points(self, enc: EncodedImages) -> tuple[Tensor, Tensor]:
+        """Points ``(B, H, W, 3)`` (metres, camera frame) and confidences ``(B, H, W)`` from the encoder tokens."""
+        size = enc.size
+        logits = rearrange(enc.tokens.float().mean(dim=-1), "b (h w) -> b 1 h w", h=enc.grid[0], w=enc.grid[1])
+        depth = 2.0 + torch.tanh(logits)
         depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)[:, 0]
         ys, xs = torch.meshgrid(
-            torch.arange(size[0], device=depth.device),
-            torch.arange(size[1], device=depth.device),
+            torch.arange(size[0], device=depth.device, dtype=torch.float32),
+            torch.arange(size[1], device=depth.device, dtype=torch.float32),
             indexing="ij",
         )
-        rays = torch.stack(
-            [
-                (xs - size[1] / 2) / self.focal,
-                (ys - size[0] / 2) / self.focal,
-                torch.ones_like(xs, dtype=torch.float32),
-            ],
-            dim=-1,
-        )
+        rays = torch.stack([(xs - size[1] / 2) / self.focal, (ys - size[0] / 2) / self.focal, torch.ones_like(xs)], -1)
         return rays * depth[..., None], torch.full_like(depth, 2.0)
 
     def decode(
@@ -71,21 +81,30 @@ class ToyDepthBackbone(Backbone):
         heads: bool,
         probe: CrossAttentionReadout | None,
     ) -> PairPrediction:
-        # Backbone.forward_pair has checked the inputs and turned the masks into token masks. The inner network runs
-        # the decoders (with the readout probe and the re-weighting); its heads are skipped.
+        # forward_pair has checked the inputs and turned the masks into token masks. The wrapped network runs its
+        # decoders (with the readout probe and the re-weighting); its heads are skipped.
         pred = self.inner.decode(enc_1, enc_2, reweight=reweight, heads=False, probe=probe)
         if heads:
-            # A toy head on the embedded encoder tokens (a real adapter would read the decoder tokens it needs).
-            tokens_1 = self.inner.decoder_embed(enc_1.tokens)
-            tokens_2 = self.inner.decoder_embed(enc_2.tokens)
-            pred.pts3d_1, pred.conf_1 = self._points(self.depth_head(tokens_1), enc_1.size)
-            pred.pts3d_2, pred.conf_2 = self._points(self.depth_head(tokens_2), enc_2.size)
+            pred.pts3d_1, pred.conf_1 = self._points(enc_1)
+            pts_2, pred.conf_2 = self._points(enc_2)
+            pred.pts3d_2 = pts_2 + torch.tensor([0.1, 0.0, 0.0])  # "view 2 in view 1's frame": a toy baseline
         return pred
 
 
+@register_backbone("toy-depth", preprocessing=Preprocessing(image_size=64), metric=True, size="2 MB", license="MIT")
+def toy_depth() -> Backbone:
+    """The registry entry's factory: a ready network (here the wrapped tiny test checkpoint)."""
+    return ToyDepthBackbone(load_backbone(DATA / "tiny_dust3r.pth", "cpu"))
+
+
 if __name__ == "__main__":
-    torch.manual_seed(0)
-    frames = load_frames(render_video(5).frames, size=256)
-    toy = ToyDepthBackbone(DUSt3R(DEMO_ARCHITECTURE)).eval()
-    rec = Easi3R(backbone=toy, device="cpu", image_size=256, iterations=20, flow=False).run(frames)
-    print("toy backbone:", rec.num_frames, "frames, depths in", float(rec.depths.min()), float(rec.depths.max()))
+    frames = [DATA / "frames" / f"frame_{k:02d}.png" for k in range(4)]
+    pipeline = Easi3R("toy-depth", device="cpu", image_size=64, iterations=5, flow=False, clusters=8)
+    rec = pipeline.run(frames, progress=False)
+    print(
+        f"toy-depth (metric={pipeline.backbone.metric}, preprocessing={pipeline.backbone.preprocessing.image_size}px):",
+        rec.num_frames,
+        "frames, depths in",
+        round(float(rec.depths.min()), 3),
+        round(float(rec.depths.max()), 3),
+    )

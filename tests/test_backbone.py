@@ -36,7 +36,9 @@ def forward_ref(tiny_backbone, preprocess_npz):
     img = torch.from_numpy(preprocess_npz["img"][:2])
     with torch.no_grad():
         enc = tiny_backbone.encode(img)
-        return tiny_backbone.forward_pair(enc[[0, 1]], enc[[1, 0]])
+        pred = tiny_backbone.forward_pair(enc[[0, 1]], enc[[1, 0]])
+    # The encoder tokens reach the pipeline through EncodedImages (PairPrediction has no features field).
+    return {"features_1": enc[[0, 1]].token_grid(), **vars(pred)}
 
 
 def _grid(x: torch.Tensor, ref) -> np.ndarray:
@@ -59,7 +61,7 @@ def _stats(x: np.ndarray) -> np.ndarray:
 )
 def test_forward_matches_official_pointmaps(forward_ref, reference_dir, field, key, atol, rtol):
     ref = np.load(reference_dir / "forward.npz")
-    ours = getattr(forward_ref, field)
+    ours = forward_ref[field]
     assert ours.shape[1:3] == (384, 512)
     np.testing.assert_allclose(_grid(ours, ref), ref[key], atol=atol, rtol=rtol)
     # Whole-image statistics catch errors between the stored grid points.
@@ -76,7 +78,7 @@ def test_forward_matches_official_pointmaps(forward_ref, reference_dir, field, k
 )
 def test_forward_matches_official_readout_and_features(forward_ref, reference_dir, field, key):
     ref = np.load(reference_dir / "forward.npz")
-    ours = getattr(forward_ref, field).numpy()
+    ours = forward_ref[field].numpy()
     assert ours.shape == ref[key].shape
     np.testing.assert_allclose(ours, ref[key], atol=1e-5, rtol=0)
 
@@ -123,8 +125,9 @@ def test_pth_and_safetensors_load_to_identical_outputs(tmp_path):
         for model in (net, a, b, c):
             outs.append(model.forward_pair(img[:1], img[1:]))
     for other in outs[1:]:
-        for field in ("pts3d_1", "conf_1", "pts3d_2", "conf_2", "cross_attn_1", "cross_attn_2", "features_1"):
+        for field in ("pts3d_1", "conf_1", "pts3d_2", "conf_2", "cross_attn_1", "cross_attn_2"):
             assert torch.equal(getattr(outs[0], field), getattr(other, field)), field
+        assert other.extras == {}
 
 
 SMALL_STRING = (
@@ -240,7 +243,7 @@ def test_readout_equals_mean_of_score_matrices():
     with torch.no_grad():
         silent = net.forward_pair(img[:1], img[1:], heads=False, readout=False)
     assert silent.cross_attn_1 is None and silent.cross_attn_2 is None
-    torch.testing.assert_close(silent.features_1, fast.features_1)
+    assert silent.extras == {} and fast.extras == {}
 
 
 def _attention_paths(net: torch.nn.Module) -> set[bool]:
@@ -296,8 +299,12 @@ def test_encode_once_equals_images_per_pair(device):
 
 def test_bad_pth_config_string_is_refused(tmp_path):
     sd = small_net().state_dict()
-    path = save_pth(tmp_path / "x.pth", SMALL_STRING.replace("head_type='dpt'", "head_type='catmlp+dpt'"), sd)
-    with pytest.raises(CheckpointError, match="head_type"):
+    path = save_pth(tmp_path / "x.pth", SMALL_STRING.replace("head_type='dpt'", "head_type='sparse'"), sd)
+    with pytest.raises(CheckpointError, match="unsupported head_type 'sparse'"):
+        load_backbone(path, "cpu")
+    # A catmlp+dpt head makes it a MASt3R checkpoint, whose output_mode must then carry descriptors.
+    path = save_pth(tmp_path / "y.pth", SMALL_STRING.replace("head_type='dpt'", "head_type='catmlp+dpt'"), sd)
+    with pytest.raises(CheckpointError, match="output_mode 'pts3d'"):
         load_backbone(path, "cpu")
 
 

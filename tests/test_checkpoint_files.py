@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import checkpoints as writers
@@ -96,7 +98,8 @@ def test_refuses_code_in_pickle(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as e:
         read_checkpoint(path)
     _one_line_naming(e, "evil.pth")
-    assert "refusing to unpickle" in str(e.value)
+    assert "refused to unpickle" in str(e.value) and "for safety" in str(e.value) and "io.open" in str(e.value)
+    assert "weights_only" not in str(e.value)  # not torch's advice to disable the protection
     assert not marker.exists()
     # The payload is live: an unrestricted load does create the marker.
     torch.load(path, weights_only=False)
@@ -109,6 +112,79 @@ class _Evil:
 
     def __reduce__(self) -> tuple:
         return (open, (self.marker, "w"))
+
+
+class _System:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo unsafe",))
+
+
+def test_refusal_names_os_system(tmp_path: Path) -> None:
+    torch.save(
+        {"args": argparse.Namespace(model=STR, hook=_System()), "model": {"w": torch.ones(2)}}, tmp_path / "s.pth"
+    )
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tmp_path / "s.pth")
+    _one_line_naming(e, "s.pth")
+    assert "posix.system" in str(e.value) or "nt.system" in str(e.value)
+    assert "refused to unpickle" in str(e.value) and "for safety" in str(e.value)
+
+
+def _legacy_numpy1_scalar_pth(path: Path) -> None:
+    """A legacy-format .pth whose pickle names numpy 1's ``numpy.core.multiarray.scalar`` (as files written under
+    numpy < 2 do)."""
+    payload = {"args": argparse.Namespace(model=STR, lr=np.float64(0.25)), "model": {"w": torch.ones(2)}}
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+    raw = path.read_bytes()
+    assert raw.count(b"numpy._core.multiarray\nscalar") == 1
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"epoch": np.int64(7), "best_so_far": np.float32(0.5)},  # numpy._core.multiarray.scalar + numpy.dtype
+        {"dtype": np.dtype("float16")},  # numpy.dtype
+        {"dtype_class": np.dtypes.Float64DType, "int_class": np.dtypes.Int32DType},  # numpy.dtypes.*DType
+    ],
+)
+def test_training_metadata_of_numpy_types_is_allowed(tmp_path: Path, extra: dict) -> None:
+    path = tmp_path / "train.pth"
+    torch.save(
+        {"args": argparse.Namespace(model=STR, lr=np.float64(1e-4)), "model": {"w": torch.ones(2)}, **extra}, path
+    )
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - {"argparse.Namespace"}
+    assert unsafe and all(name.startswith("numpy.") for name in unsafe)  # the file really needs numpy globals
+    config, sd = read_checkpoint(path)
+    assert config == TINY_CONFIG and torch.equal(sd["w"], torch.ones(2))
+
+
+def test_numpy1_scalar_name_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "old.pth"
+    _legacy_numpy1_scalar_pth(path)
+    config, sd = read_checkpoint(path)  # legacy (non-zip) format: read without mmap
+    assert config == TINY_CONFIG and torch.equal(sd["w"], torch.ones(2))
+
+
+def test_numpy_callables_stay_blocked(tmp_path: Path) -> None:
+    torch.save({"model": {"w": torch.ones(2)}, "f": np.load}, tmp_path / "f.pth")
+    with pytest.raises(CheckpointError, match=r"refused to unpickle .*numpy\.lib\._npyio_impl\.load|refused.*numpy"):
+        read_checkpoint(tmp_path / "f.pth")
+
+
+def test_pth_is_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.save({"model": {"w": torch.arange(4.0)}}, tmp_path / "m.pth")
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    _, sd = read_checkpoint(tmp_path / "m.pth")
+    assert calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
+    assert torch.equal(sd["w"], torch.arange(4.0))
 
 
 @pytest.mark.parametrize(

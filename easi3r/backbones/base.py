@@ -2,24 +2,26 @@
 
 A :class:`Backbone` turns two batches of normalised images (view 1 = reference, view 2 = source) into pointmaps and
 exposes, through a probe passed into its decoder, the cross-attention statistics Easi3R reads. Subclass it to host
-another DUSt3R-like network (same encoder/decoder, other heads: see ``examples/custom_backbone.py``).
+another pointmap network and register it by name (:func:`~easi3r.backbones.registry.register_backbone`; see
+``examples/custom_backbone.py``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_dtype, check_shape
-from ..errors import Easi3RInputError
+from ..errors import CheckpointError, Easi3RInputError
 from .reweight import TokenMasks, token_masks
 
-__all__ = ["AttentionProbe", "Backbone", "CrossAttentionReadout", "EncodedImages", "PairPrediction"]
+__all__ = ["AttentionProbe", "Backbone", "CrossAttentionReadout", "EncodedImages", "PairPrediction", "Preprocessing"]
 
 #: Called by a cross-attention layer with its rotated queries ``(B, heads, Nq, D)``, keys ``(B, heads, Nk, D)`` and
 #: the logit scale. The decoder binds the branch and layer index before handing it to a block.
@@ -84,7 +86,9 @@ class PairPrediction:
         cross_attn_1: ``(B, h, w, L*Hd)`` reference-decoder cross-attention logits averaged over view-1 queries,
             indexed by view-2 key token; channel ``layer * Hd + head``. None when not requested.
         cross_attn_2: ``(B, h, w, L*Hd)`` the same for the source decoder, indexed by view-1 key token.
-        features_1: ``(B, h, w, C)`` view-1 encoder tokens after the encoder norm.
+        extras: family-specific outputs by name (e.g. MASt3R's ``desc_1``, ``desc_conf_1``, ``desc_2``,
+            ``desc_conf_2``); empty for DUSt3R / MonST3R and when the heads were skipped. The encoder tokens are in
+            :class:`EncodedImages`, not here.
     """
 
     pts3d_1: Tensor | None
@@ -93,7 +97,41 @@ class PairPrediction:
     conf_2: Tensor | None
     cross_attn_1: Tensor | None
     cross_attn_2: Tensor | None
-    features_1: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How frames must be prepared for a network (official ``dust3r/utils/image.py`` ``load_images``).
+
+    Attributes:
+        image_size: long side in pixels (224: short side 224 and a square centre crop, as the official loader
+            does for 224 models), a multiple of 16.
+        crop: centre-crop to a multiple of 16 (True, official) or resize to it (MonST3R ``--no_crop``).
+        mean, std: per-channel normalisation of ``[0, 1]`` pixels, ``(x - mean) / std`` (0.5, 0.5 for the DUSt3R
+            family: images in [-1, 1]).
+
+    Raises:
+        Easi3RInputError: an image size that is not a positive multiple of 16, or a non-positive std.
+    """
+
+    image_size: int = 512
+    crop: bool = True
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size % 16:
+            raise Easi3RInputError(f"Preprocessing.image_size must be a positive multiple of 16, got {size!r}")
+        if not isinstance(self.crop, bool):
+            raise Easi3RInputError(f"Preprocessing.crop must be a bool, got {self.crop!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)):
+                raise Easi3RInputError(f"Preprocessing.{name} must be a tuple of 3 floats, got {value!r}")
+        if min(self.std) <= 0:
+            raise Easi3RInputError(f"Preprocessing.std must be positive, got {self.std!r}")
 
 
 class CrossAttentionReadout:
@@ -136,9 +174,35 @@ class Backbone(nn.Module, ABC):
     Subclasses implement :meth:`encode` and :meth:`decode`; :meth:`forward_pair` validates the inputs, encodes
     images when needed, turns the dynamic masks into token masks and calls :meth:`decode`. ``patch_size`` is the
     token size in pixels; ``attention_channels`` the number of readout channels (decoder layers x heads).
+
+    Attributes:
+        metric: the pointmaps are in metres (MASt3R) rather than up to scale (DUSt3R, MonST3R): with a metric
+            backbone the world stays in the network's metres.
+        preprocessing: how frames must be prepared (:class:`Preprocessing`); :func:`~easi3r.load_backbone` sets it
+            from the registry entry, or from the checkpoint's training image size.
     """
 
     patch_size: int = 16
+    metric: bool = False
+    preprocessing: Preprocessing = Preprocessing()
+
+    @classmethod
+    def from_checkpoint(cls, config: dict[str, Any] | None, state_dict: dict[str, Tensor], **options: Any) -> Backbone:
+        """Build the network a checkpoint describes and load its weights (used by :func:`~easi3r.load_backbone`).
+
+        Args:
+            config: the constructor keyword arguments stored with the weights (official ``args.model`` or
+                ``config.json``), or None.
+            state_dict: the tensors by name.
+            options: ``source`` (str: how error messages name the checkpoint), ``architecture`` (the adapter's own
+                configuration object, for a checkpoint that carries none; may be None) and the adapter's options
+                (e.g. :class:`~easi3r.backbones.dust3r.DUSt3R`'s ``head_chunk_size``).
+
+        Raises:
+            CheckpointError: always, unless a subclass implements it (register a factory instead).
+        """
+        source = options.get("source", "checkpoint")
+        raise CheckpointError(f"{source}: {cls.__name__} cannot be built from a checkpoint (register a factory)")
 
     @property
     @abstractmethod

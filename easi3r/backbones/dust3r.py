@@ -7,6 +7,7 @@ MonST3R is the same graph with other weights.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,12 +15,46 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, Easi3RInputError
-from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction
+from .base import Backbone, CrossAttentionReadout, EncodedImages, PairPrediction, Preprocessing
+from .checkpoint import build_with_weights
 from .heads import DPTHead, LinearHead, postprocess
 from .layers import Block, DecoderBlock, PatchEmbed, RoPE2D, check_head_dim
 from .reweight import TokenMasks
 
-__all__ = ["DUSt3R", "DUSt3RConfig"]
+__all__ = ["DUSt3R", "DUSt3RConfig", "check_positive_int"]
+
+_POSITIVE_INTS = (
+    "enc_embed_dim",
+    "enc_depth",
+    "enc_num_heads",
+    "dec_embed_dim",
+    "dec_depth",
+    "dec_num_heads",
+    "patch_size",
+)
+_ROPE = re.compile(r"RoPE(\d+(?:\.\d*)?)?")
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    """Raise :class:`CheckpointError` naming the model option ``name`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"model option {name} must be a positive int, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mode(value: Any, name: str) -> tuple[Any, ...]:
+    """An official ``(kind, vmin, vmax)`` mode option as a tuple; CheckpointError naming ``name`` otherwise."""
+    if not (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(_is_number(v) for v in value[1:])
+    ):
+        raise CheckpointError(f"model option {name} must be ('exp', vmin, vmax), got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -47,12 +82,31 @@ class DUSt3RConfig:
     rope_base: float = 100.0
 
     def __post_init__(self) -> None:
+        self._check_fields()
         if self.head_type not in ("dpt", "linear"):
             raise CheckpointError(f"unsupported head_type {self.head_type!r} (expected 'dpt' or 'linear')")
         if self.head_type == "dpt" and self.dec_depth < 4:
             raise CheckpointError(f"a DPT head needs at least 4 decoder layers, got dec_depth={self.dec_depth}")
         check_head_dim(self.enc_embed_dim, self.enc_num_heads)
         check_head_dim(self.dec_embed_dim, self.dec_num_heads)
+
+    def _check_fields(self) -> None:
+        """Types and ranges of the shared encoder/decoder fields, one at a time (the first bad one is named)."""
+        for name in _POSITIVE_INTS:
+            check_positive_int(getattr(self, name), name)
+        if not isinstance(self.head_type, str):
+            raise CheckpointError(f"model option head_type must be a str, got {self.head_type!r}")
+        size = self.img_size
+        if not (
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise CheckpointError(f"model option img_size must be a positive int or (H, W) ints, got {size!r}")
+        for name in ("mlp_ratio", "rope_base"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise CheckpointError(f"model option {name} must be a positive finite number, got {value!r}")
 
     # -- conversion from the official constructor keyword arguments ----------------------------------------------
     @classmethod
@@ -64,29 +118,34 @@ class DUSt3RConfig:
         :class:`CheckpointError`.
         """
         kw = dict(kwargs)
-        pos_embed = str(kw.pop("pos_embed", "RoPE100"))
-        if not pos_embed.startswith("RoPE"):
-            raise CheckpointError(f"unsupported pos_embed {pos_embed!r}: only RoPE position embeddings are implemented")
-        rope_base = float(pos_embed[4:] or 100)
+        pos_embed = kw.pop("pos_embed", "RoPE100")
+        rope = _ROPE.fullmatch(pos_embed) if isinstance(pos_embed, str) else None
+        if rope is None:
+            raise CheckpointError(
+                f"unsupported pos_embed {pos_embed!r}: only RoPE position embeddings ('RoPE<base>') are implemented"
+            )
+        rope_base = float(rope.group(1) or 100)
         output_mode = kw.pop("output_mode", "pts3d")
         if output_mode != "pts3d":
             raise CheckpointError(f"unsupported output_mode {output_mode!r} (expected 'pts3d')")
-        depth_mode = tuple(kw.pop("depth_mode", ("exp", -math.inf, math.inf)))
+        depth_mode = _mode(kw.pop("depth_mode", ("exp", -math.inf, math.inf)), "depth_mode")
         if depth_mode[0] != "exp" or not (math.isinf(depth_mode[1]) and math.isinf(depth_mode[2])):
             raise CheckpointError(f"unsupported depth_mode {depth_mode!r} (expected ('exp', -inf, inf))")
-        conf_mode = tuple(kw.pop("conf_mode", ("exp", 1, math.inf)))
+        conf_mode = _mode(kw.pop("conf_mode", ("exp", 1, math.inf)), "conf_mode")
         if conf_mode[0] != "exp" or conf_mode[1] != 1 or not math.isinf(conf_mode[2]):
             raise CheckpointError(f"unsupported conf_mode {conf_mode!r} (expected ('exp', 1, inf))")
         for ignored in ("freeze", "landscape_only", "patch_embed_cls", "mask_ratio", "norm_im2_in_dec"):
             kw.pop(ignored, None)
         img_size = kw.pop("img_size", (512, 512))
-        if isinstance(img_size, int):
+        if isinstance(img_size, int) and not isinstance(img_size, bool):
             img_size = (img_size, img_size)
+        elif isinstance(img_size, list):
+            img_size = tuple(img_size)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kw) - known)
         if unknown:
             raise CheckpointError(f"unsupported model option(s): {', '.join(unknown)}")
-        return cls(img_size=tuple(img_size), rope_base=rope_base, **kw)
+        return cls(img_size=img_size, rope_base=rope_base, **kw)
 
 
 class DUSt3R(Backbone):
@@ -149,16 +208,61 @@ class DUSt3R(Backbone):
         self.dec_blocks = decoder()
         self.dec_norm = nn.LayerNorm(cfg.dec_embed_dim, eps=1e-6)
         self.dec_blocks2 = decoder()
-        self.downstream_head1: DPTHead | LinearHead
-        self.downstream_head2: DPTHead | LinearHead
+        self.downstream_head1 = self._make_head(cfg)
+        self.downstream_head2 = self._make_head(cfg)
+        head = self.downstream_head1
+        self._hooks = set(head.hooks) if isinstance(head, DPTHead) else {cfg.dec_depth}
+        # Training resolution -> frame preprocessing (224 models: short side 224, square crop).
+        self.preprocessing = Preprocessing(image_size=max(16, max(cfg.img_size) // 16 * 16))
+
+    def _make_head(self, cfg: DUSt3RConfig) -> nn.Module:
+        """One view's prediction head (official ``dust3r/heads/__init__.py`` ``head_factory``): maps the kept
+        decoder layers to a raw ``(B, 4, H, W)`` map. Subclasses with other heads override it."""
         if cfg.head_type == "dpt":
-            self.downstream_head1 = DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size)
-            self.downstream_head2 = DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size)
-            self._hooks = set(self.downstream_head1.hooks)
+            return DPTHead(cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.dec_depth, cfg.patch_size)
+        return LinearHead(cfg.dec_embed_dim, cfg.patch_size)
+
+    def _extra_outputs(
+        self, view: int, head: nn.Module, kept: dict[int, Tensor], size: tuple[int, int], conf: Tensor
+    ) -> dict[str, Tensor]:
+        """Family-specific outputs of one view for :attr:`PairPrediction.extras` (none for DUSt3R / MonST3R).
+
+        Args:
+            view: 1 (reference) or 2 (source).
+            head: that view's head. kept: its kept token maps by layer (0: encoder; the last one normalised).
+            size: image ``(H, W)`` in pixels. conf: its point confidence ``(B, H, W)``.
+        """
+        return {}
+
+    @classmethod
+    def from_checkpoint(cls, config: dict[str, Any] | None, state_dict: dict[str, Tensor], **options: Any) -> DUSt3R:
+        """Parse ``config`` with :meth:`DUSt3RConfig.from_official` (or take ``options["architecture"]``), build the
+        network on the meta device and make the checkpoint tensors its weights (no copy; see
+        :func:`~easi3r.backbones.checkpoint.build_with_weights`). The other ``options`` are :class:`DUSt3R`'s
+        keyword options; ``source`` names the checkpoint in messages.
+
+        Raises:
+            CheckpointError: no configuration and no ``architecture``, an unsupported configuration (the field is
+                named), or weights that do not match.
+        """
+        source = str(options.pop("source", "checkpoint"))
+        architecture = options.pop("architecture", None)
+        config_class = cls._config_class()
+        if config is not None:
+            arch = config_class.from_official(config)
+        elif isinstance(architecture, config_class):
+            arch = architecture
+        elif architecture is None:
+            raise CheckpointError(f"{source}: the checkpoint carries no model configuration; pass architecture=")
         else:
-            self.downstream_head1 = LinearHead(cfg.dec_embed_dim, cfg.patch_size)
-            self.downstream_head2 = LinearHead(cfg.dec_embed_dim, cfg.patch_size)
-            self._hooks = {cfg.dec_depth}
+            raise CheckpointError(
+                f"{source}: architecture must be a {config_class.__name__}, got {type(architecture).__name__}"
+            )
+        return build_with_weights(lambda: cls(arch, **options), state_dict, source)
+
+    @classmethod
+    def _config_class(cls) -> type[DUSt3RConfig]:
+        return DUSt3RConfig
 
     @property
     def attention_channels(self) -> int:
@@ -209,10 +313,13 @@ class DUSt3R(Backbone):
                 kept_1[layer], kept_2[layer] = x_1, x_2
 
         pts_1 = conf_1 = pts_2 = conf_2 = None
+        extras: dict[str, Tensor] = {}
         if heads:
             kept_1[depth], kept_2[depth] = self.dec_norm(kept_1[depth]), self.dec_norm(kept_2[depth])
             pts_1, conf_1 = self._head(self.downstream_head1, kept_1, enc_1.size)
             pts_2, conf_2 = self._head(self.downstream_head2, kept_2, enc_2.size)
+            extras.update(self._extra_outputs(1, self.downstream_head1, kept_1, enc_1.size, conf_1))
+            extras.update(self._extra_outputs(2, self.downstream_head2, kept_2, enc_2.size, conf_2))
         return PairPrediction(
             pts3d_1=pts_1,
             conf_1=conf_1,
@@ -220,12 +327,10 @@ class DUSt3R(Backbone):
             conf_2=conf_2,
             cross_attn_1=probe.maps(1, enc_2.grid).float() if probe else None,
             cross_attn_2=probe.maps(2, enc_1.grid).float() if probe else None,
-            features_1=enc_1.token_grid().float(),
+            extras=extras,
         )
 
-    def _head(
-        self, head: DPTHead | LinearHead, kept: dict[int, Tensor], size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor]:
+    def _head(self, head: nn.Module, kept: dict[int, Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Points ``(B, H, W, 3)`` and confidences ``(B, H, W)`` (float32) of one view from its kept layers."""
         depth = len(self.dec_blocks)
         last = kept[depth]

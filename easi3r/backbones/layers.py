@@ -228,13 +228,14 @@ class CrossAttention(_MultiHeadAttention):
 
 
 class Mlp(nn.Module):
-    """``fc1 -> GELU (erf) -> fc2`` (official ``Mlp``)."""
+    """``fc1 -> GELU (erf) -> fc2`` (official croco ``models/blocks.py`` ``Mlp``): ``dim -> hidden -> out``
+    (``out`` None: ``dim``)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim if out is None else out)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.fc2(self.act(self.fc1(x)))
