@@ -78,21 +78,20 @@ def naive_passes(net, images, edges):
                 probe = ScoreMatrixRecorder()  # every layer's full logits, as the official attention keeps them
                 m1 = masks[i : i + 1] if masks is not None else None
                 m2 = masks[j : j + 1] if masks is not None else None
-                pred = net.forward_pair(
-                    images[i : i + 1], images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe
-                )
-                stored.append(pred)
+                enc_1 = net.encode(images[i : i + 1])  # re-encoded for every pair, as the official code does
+                pred = net.forward_pair(enc_1, images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe)
+                stored.append((pred, enc_1.token_grid()[0]))
                 del probe
         return stored
 
     def masks_of(stored):
-        maps1 = torch.cat([p.cross_attn_1 for p in stored])
-        maps2 = torch.cat([p.cross_attn_2 for p in stored])
+        maps1 = torch.cat([p.cross_attn_1 for p, _ in stored])
+        maps2 = torch.cat([p.cross_attn_2 for p, _ in stored])
         stats = aggregate_attention(edges, maps1, maps2, len(images))
         dyn = dynamic_map(fuse_attention(stats))
         features = {}
-        for (i, _), p in zip(edges.tolist(), stored):  # last writer wins, as the official code
-            features[i] = p.features_1[0]
+        for (i, _), (_, grid) in zip(edges.tolist(), stored):  # last writer wins, as the official code
+            features[i] = grid
         feats = torch.stack([features[t] for t in range(len(images))])
         refined, _ = cluster_fuse(dyn, feats)
         return compute_masks(refined, SIZE)[0]

@@ -257,7 +257,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"Hugging Face cache: {cache}  (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})")
     print("backbones (weights: CC BY-NC-SA 4.0, non-commercial):")
     for name, cfg in PRETRAINED.items():
-        print(f"  {name:<18} {cfg.hub_id:<58} {cfg.size}")
+        print(f"  {name:<18} {cfg.hub_id or '-':<58} {cfg.size}")
     return 0
 
 
