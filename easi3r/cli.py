@@ -106,11 +106,13 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> Easi3RConfig:
     """The run's configuration: ``--config FILE`` (JSON or YAML, e.g. a saved ``config.json``) if given, then every
     ``--field-name`` option on top of it."""
-    base = Easi3RConfig()
-    if getattr(args, "config", None):
-        base = load_config_file(args.config)
-    overrides = {name: getattr(args, name) for name in _config_fields() if hasattr(args, name)}
-    return base.with_overrides(**overrides)
+    base = load_config_file(args.config) if getattr(args, "config", None) else Easi3RConfig()
+    return base.with_overrides(**_cli_overrides(args))
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration fields given on the command line (left-out options are absent)."""
+    return {name: getattr(args, name) for name in _config_fields() if hasattr(args, name)}
 
 
 def load_config_file(path: str | os.PathLike[str]) -> Easi3RConfig:
@@ -173,7 +175,9 @@ def check_output_dir(path: str | os.PathLike[str]) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import Easi3R
 
-    config = resolve_config(args)
+    base = load_config_file(args.config) if args.config else None
+    overrides = _cli_overrides(args)
+    config = (base or Easi3RConfig()).with_overrides(**overrides)
     inputs = list(args.input) if args.inputs is None else [*args.input, *_read_input_list(args.inputs)]
     if not inputs:
         raise Easi3RInputError("no input given (pass INPUT... or --inputs LIST.txt)")
@@ -189,7 +193,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for path in inputs:
         if not Path(path).exists():
             raise Easi3RInputError(f"input {path!r} does not exist")
-    runner = Easi3R(backbone=args.backbone, device=args.device, config=config)
+    # Without --config, options left out keep the backbone's own defaults (e.g. its preprocessing).
+    runner = Easi3R(backbone=args.backbone, device=args.device, config=base, **overrides)
     rec = runner.run(inputs[0], progress=not args.quiet and runner.dist.is_main)
     if not runner.dist.is_main:
         return 0  # one video on several processes: every rank holds the result, rank 0 writes it

@@ -369,6 +369,11 @@ class Easi3R:
         self.device = self.dist.device if self.dist.distributed else resolve_device(wanted)
         self.config = dataclasses.replace(cfg, device=str(self.device))
         self.backbone = load_backbone(backbone, self.device)
+        # The backbone's own preprocessing (e.g. 224 px for a 224 model), unless the caller chose it.
+        pre = self.backbone.preprocessing
+        if config is None:
+            chosen = {k: getattr(pre, k) for k in ("image_size", "crop") if k not in overrides}
+            self.config = dataclasses.replace(self.config, **chosen)
         self.backbone_name = backbone if isinstance(backbone, str) else type(backbone).__name__
         self.mask_refiner = mask_refiner
         self.flow_provider = flow_provider
@@ -570,6 +575,7 @@ class Easi3R:
             original_sizes=list(frames.original_sizes),
             image_size=cfg.image_size,
             crop=frames.crop,
+            metric=bool(self.backbone.metric),
             fps=frames.fps,
             cluster_labels=labels.numpy(),
             threshold=float(seg.threshold.threshold),

@@ -59,6 +59,8 @@ class Reconstruction:
         image_size: the preprocessing long side in pixels (int), needed by :meth:`intrinsics_at`.
         crop: the frames were centre-cropped (True, official default) or resized without cropping (False,
             ``load_frames(..., crop=False)``); :meth:`intrinsics_at` undoes the matching transform.
+        metric: the world is in metres (a metric backbone such as MASt3R, whose scale the alignment keeps);
+            False: the scale is arbitrary (monocular DUSt3R / MonST3R), consistent within the video.
         fps: frame rate in frames per second of the sampled frames (trajectory timestamps), if known.
         cluster_labels: ``(T, h, w)`` integer k-means labels of the cluster fusion, if kept.
         threshold: the dynamic-map threshold that produced ``masks``.
@@ -82,6 +84,7 @@ class Reconstruction:
     original_sizes: list[tuple[int, int]] | None = None
     image_size: int = 512
     crop: bool = True
+    metric: bool = False
     fps: float | None = None
     cluster_labels: np.ndarray | None = None
     threshold: float | None = None
@@ -156,6 +159,9 @@ class Reconstruction:
         if not isinstance(self.crop, (bool, np.bool_)):
             raise Easi3RInputError(f"Reconstruction.crop must be True or False, got {self.crop!r}")
         self.crop = bool(self.crop)
+        if not isinstance(self.metric, (bool, np.bool_)):
+            raise Easi3RInputError(f"Reconstruction.metric must be True or False, got {self.metric!r}")
+        self.metric = bool(self.metric)
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
             raise Easi3RInputError(f"Reconstruction.fps must be a positive number or None, got {self.fps}")
 
@@ -264,6 +270,7 @@ class Reconstruction:
             "frame_names": np.asarray(self.frame_names, dtype=np.str_),
             "image_size": np.asarray(self.image_size),
             "crop": np.asarray(self.crop),
+            "metric": np.asarray(self.metric),
             "conf_threshold": np.asarray(self.conf_threshold, dtype=np.float64),
             "backbone": np.asarray(self.backbone, dtype=np.str_),
         }

@@ -344,6 +344,7 @@ def read_reconstruction(path: str | os.PathLike[str]) -> dict[str, Any]:
         "original_sizes": [tuple(s) for s in d["original_sizes"].tolist()] if "original_sizes" in d else None,
         "image_size": int(d.get("image_size", 512)),
         "crop": bool(d.get("crop", True)),
+        "metric": bool(d.get("metric", False)),
         "fps": float(d["fps"]) if "fps" in d else None,
         "cluster_labels": d.get("cluster_labels"),
         "threshold": float(d["threshold"]) if "threshold" in d else None,
