@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets.cli import add_benchmark_parser
 
     add_benchmark_parser(sub)
+    from .app import add_app_parser, add_view_parser
+
+    add_app_parser(sub)
+    add_view_parser(sub)
     return parser
 
 

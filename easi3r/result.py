@@ -293,6 +293,12 @@ class Reconstruction:
         """
         return cls(**read_reconstruction(path))
 
+    def view(self, port: int = 8080, **kwargs: Any) -> Any:
+        """Open the viser 4D viewer on this result (:func:`easi3r.viz.view`; needs ``pip install easi3r[viz]``)."""
+        from .viz import view
+
+        return view(self, port, **kwargs)
+
     def save(self, out_dir: str | os.PathLike[str], **options: Unpack[SaveOptions]) -> dict[str, Path]:
         """Write every export of the result into ``out_dir`` (created if needed), each file atomically.
 
