@@ -162,3 +162,18 @@ def test_cli_poses(tmp_path, capsys):
     assert main(["poses", "--pred", str(tmp_path / "short.tum"), "--gt", str(tmp_path / "gt.tum")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "5 poses" in err and "Traceback" not in err
+
+
+def test_huge_coordinates_are_a_typed_error_or_exact() -> None:
+    """Values near the float64 limit never escape as a raw LinAlgError (hardening: `eval poses` on 1e308)."""
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(8, 3))
+    R = Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix()
+    for factor in (1e300, 1e-300):
+        s, R_fit, t = umeyama_sim3(src, factor * (src @ R.T) + factor)
+        assert abs(s / factor - 1) < 1e-9 and np.allclose(R_fit, R, atol=1e-9)
+        assert np.allclose(t / factor, 1.0, atol=1e-9)
+    huge = src.copy()
+    huge[::2, 0] = 1e308
+    with pytest.raises(Easi3RInputError, match="degenerate"):
+        umeyama_sim3(huge, src)

@@ -72,19 +72,32 @@ def umeyama_sim3(src: Any, dst: Any) -> tuple[float, np.ndarray, np.ndarray]:
     check_finite(dst_np, "dst")
     if n < 3:
         raise Easi3RInputError(f"Sim(3) alignment needs at least 3 points, got {n}")
-    src_c = src_np - src_np.mean(axis=0)
-    dst_c = dst_np - dst_np.mean(axis=0)
-    for name, centred, raw in (("src", src_c, src_np), ("dst", dst_c, dst_np)):
+    # Work in units of each set's largest coordinate: the similarity is covariant under a scaling of either set,
+    # and values near the float64 limit (1e308) would otherwise overflow in the sums and squares.
+    a_src = float(np.abs(src_np).max()) or 1.0
+    a_dst = float(np.abs(dst_np).max()) or 1.0
+    src_u, dst_u = src_np / a_src, dst_np / a_dst
+    src_c = src_u - src_u.mean(axis=0)
+    dst_c = dst_u - dst_u.mean(axis=0)
+    for name, centred in (("src", src_c), ("dst", dst_c)):
         spread = np.sqrt((centred**2).sum(axis=1).mean())
-        if spread <= 1e-12 * max(1.0, np.abs(raw).max()):
+        if spread <= 1e-12:
             raise Easi3RInputError(f"degenerate alignment: all {name} positions are equal")
     sigma = np.linalg.svd(dst_c.T @ src_c / n, compute_uv=False)
     if sigma[1] <= _RANK_RTOL * sigma[0]:
         raise Easi3RInputError(
             "degenerate alignment: positions are collinear (covariance rank < 2), rotation is undetermined"
         )
-    R, t, s = roma.rigid_points_registration(torch.from_numpy(src_np), torch.from_numpy(dst_np), compute_scaling=True)
-    return float(s), R.numpy(), t.numpy()
+    R, t_u, s_u = roma.rigid_points_registration(torch.from_numpy(src_u), torch.from_numpy(dst_u), compute_scaling=True)
+    with np.errstate(over="ignore"):
+        scale = float(s_u) * a_dst / a_src
+        t = t_u.numpy() * a_dst
+    if not (np.isfinite(scale) and np.isfinite(t).all()) or scale <= 0:
+        raise Easi3RInputError(
+            f"degenerate alignment: the similarity between the trajectories is not representable (scale {scale:g}; "
+            f"coordinates up to {a_src:g} vs {a_dst:g})"
+        )
+    return scale, R.numpy(), t
 
 
 def apply_sim3(cam2world: Any, s: float, R: Any, t: Any) -> np.ndarray:
