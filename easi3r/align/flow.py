@@ -24,8 +24,8 @@ and pass ``flow_provider=RAFTFlow(model)`` to :func:`easi3r.align.global_align`.
 time; a provider that batches internally can cache on its own.
 
 Built-in providers by name (:func:`make_flow_provider`): ``"dis"`` (default, OpenCV, weight-free) and ``"raft"`` /
-``"raft_small"``: torchvision's RAFT (``torchvision.models.optical_flow.raft_large`` / ``raft_small``, the
-``C_T_V2`` weights trained on FlyingChairs + FlyingThings3D + Sintel + KITTI), the architecture SEA-RAFT builds on.
+``"raft_small"``: torchvision's RAFT (``torchvision.models.optical_flow.raft_large`` / ``raft_small`` with their
+``DEFAULT`` weights: ``C_T_SKHT_V2`` / ``C_T_V2``), the architecture SEA-RAFT (the official flow model) builds on.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RAFTFlow:
 
     Args:
         variant: ``"raft"`` (large) or ``"raft_small"``.
-        weights: a local state-dict file (``.pth``); None uses torchvision's pretrained ``C_T_V2`` weights from
+        weights: a local state-dict file (``.pth``); None uses torchvision's ``DEFAULT`` pretrained weights from
             the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``), downloaded there when online.
         device: where RAFT runs.
         num_flow_updates: recurrent refinement steps (torchvision's default 12).
