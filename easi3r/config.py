@@ -139,6 +139,8 @@ class AlignConfig:
         translation_weight: weight of the translation part inside the smoothness term.
         pnp_iterations: RANSAC iterations of the PnP in the MST initialisation (official 10).
         pnp_reprojection_error: RANSAC inlier threshold of that PnP in pixels.
+        robust_init: robust PnP in the MST initialisation (not official): at least 1000 RANSAC iterations, then
+            Levenberg-Marquardt on the inliers; makes the initial cameras stable under float noise (thread count).
     """
 
     iterations: int = field(default=300, metadata=_bounds(0))
@@ -156,6 +158,7 @@ class AlignConfig:
     translation_weight: float = field(default=1.0, metadata=_bounds(0))
     pnp_iterations: int = field(default=10, metadata=_bounds(1))
     pnp_reprojection_error: float = field(default=5.0, metadata=_bounds(0, lo_open=True))
+    robust_init: bool = False
 
     def __post_init__(self) -> None:
         validate_fields(self)

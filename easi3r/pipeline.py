@@ -451,6 +451,7 @@ class Easi3R:
             images=frames.rgb,
             masks=masks.to(self.device),
             flow_provider=self.flow_provider,
+            metric=bool(self.backbone.metric),
             progress=progress,
         )
         if mode == "global":

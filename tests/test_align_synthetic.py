@@ -281,6 +281,30 @@ def test_known_focal_and_poses(scene: Scene) -> None:
     assert float((ratio / factor - 1).abs().median()) < 0.005
 
 
+def test_known_mode_pin_returns_exactly_init_moves_but_stays_close(scene: Scene) -> None:
+    kw = dict(config=FAST, known_poses=scene.cam2world, known_focal=FOCAL, progress=False)
+    pinned = global_align(**_to(scene, "cpu"), known_mode="pin", **kw)
+    assert torch.equal(pinned.cam2world, scene.cam2world) and bool((pinned.focals == FOCAL).all())
+    start = global_align(
+        **_to(scene, "cpu"), known_mode="init", **{**kw, "config": dataclasses.replace(FAST, iterations=0)}
+    )
+    # before any step the "init" state is the known one (up to the quaternion round trip)
+    torch.testing.assert_close(start.cam2world, scene.cam2world, atol=2e-6, rtol=0)
+    torch.testing.assert_close(start.focals, torch.full((N_FRAMES,), FOCAL), rtol=1e-6, atol=0)
+    moved = global_align(**_to(scene, "cpu"), known_mode="init", **kw)
+    shift = float((moved.cam2world - scene.cam2world).abs().max())
+    assert shift > 1e-4, shift  # optimised, not pinned
+    assert float((moved.focals - FOCAL).abs().max()) > 1e-3
+    # consistent scene: the optimised cameras stay close to the known ones, in the known world (no Sim(3) needed)
+    centres = (moved.cam2world[:, :3, 3] - scene.cam2world[:, :3, 3]).norm(dim=-1)
+    assert float(centres.max()) < 0.02 * scene.extent, float(centres.max())
+    ate, rot, _ = pose_errors(moved.cam2world, scene.cam2world)
+    assert rot < 0.5 and ate < 0.01 * scene.extent, (ate, rot)
+    assert abs(float(moved.focals[0]) / FOCAL - 1) < 0.03
+    with pytest.raises(Easi3RInputError, match="known_mode must be 'pin' or 'init'"):
+        global_align(**_to(scene, "cpu"), known_mode="fixed", **kw)  # type: ignore[arg-type]
+
+
 def test_mst_init_alone_is_close(scene: Scene) -> None:
     """The spanning-tree init already places the cameras (before any optimisation)."""
     res = global_align(**_to(scene, "cpu"), config=dataclasses.replace(FAST, iterations=0), progress=False)

@@ -246,3 +246,18 @@ def test_window_align_input_errors() -> None:
         window_align(far, source, 12, **kw)
     with pytest.raises(Easi3RInputError, match="pts_2"):
         InMemoryPointmaps(sc.pts_1, sc.pts_2[:, :-1], sc.conf_1, sc.conf_2)
+
+
+# ---------------------------------------------------------------------------------------------------- known cameras
+def test_window_known_poses_pin_and_init() -> None:
+    sc = box_room_sequence(8, 32, 24, supersample=1)
+    cfg = AlignConfig(iterations=30, flow_weight=0.0)
+    kw = dict(window=5, overlap=0.4, config=cfg, known_poses=sc.cam2world, known_focal=sc.focal, progress=False)
+    pinned = window_align(sc.edges, _source(sc), 8, known_mode="pin", **kw)  # type: ignore[arg-type]
+    assert torch.equal(pinned.cam2world, sc.cam2world)
+    assert bool((pinned.focals == sc.focal).all())
+    moved = window_align(sc.edges, _source(sc), 8, known_mode="init", **kw)  # type: ignore[arg-type]
+    shift = (moved.cam2world - sc.cam2world).abs().max()
+    assert 1e-5 < float(shift) < 0.05, float(shift)  # optimised per window, and still close on a consistent scene
+    with pytest.raises(Easi3RInputError, match="known_focal must be a scalar or have shape"):
+        window_align(sc.edges, _source(sc), 8, **{**kw, "known_focal": torch.ones(3)})  # type: ignore[arg-type]

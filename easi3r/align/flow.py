@@ -22,11 +22,17 @@ no weights). The official code uses the learned SEA-RAFT; to use such a model, w
 
 and pass ``flow_provider=RAFTFlow(model)`` to :func:`easi3r.align.global_align`. Pairs are evaluated one at a
 time; a provider that batches internally can cache on its own.
+
+Built-in providers by name (:func:`make_flow_provider`): ``"dis"`` (default, OpenCV, weight-free) and ``"raft"`` /
+``"raft_small"``: torchvision's RAFT (``torchvision.models.optical_flow.raft_large`` / ``raft_small`` with their
+``DEFAULT`` weights: ``C_T_SKHT_V2`` / ``C_T_V2``), the architecture SEA-RAFT (the official flow model) builds on.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -35,10 +41,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_dtype, check_finite, check_shape
-from ..errors import Easi3RInputError
+from ..errors import CheckpointError, Easi3RInputError, Easi3RRuntimeError
 from .geometry import pixel_grid
 
-__all__ = ["DISFlow", "FlowProvider", "compute_edge_flows", "induced_flow", "masked_smooth_l1"]
+__all__ = [
+    "FLOW_MODELS",
+    "DISFlow",
+    "FlowModel",
+    "FlowProvider",
+    "RAFTFlow",
+    "compute_edge_flows",
+    "induced_flow",
+    "make_flow_provider",
+    "masked_smooth_l1",
+]
+
+#: Names accepted by :func:`make_flow_provider`.
+FlowModel = Literal["dis", "raft", "raft_small"]
+FLOW_MODELS: tuple[str, ...] = ("dis", "raft", "raft_small")
 
 
 @runtime_checkable
@@ -67,6 +87,118 @@ class DISFlow:
 
     def __repr__(self) -> str:
         return f"DISFlow(preset={self.preset})"
+
+
+class RAFTFlow:
+    """torchvision's RAFT as a :class:`FlowProvider` (``raft_large`` for ``"raft"``, ``raft_small``).
+
+    Frames are scaled to ``[-1, 1]`` (the weights' ``transforms()``), padded by edge replication to a multiple of 8
+    (RAFT's feature stride) and the last of the ``num_flow_updates`` refinements is returned, cropped back.
+
+    Args:
+        variant: ``"raft"`` (large) or ``"raft_small"``.
+        weights: a local state-dict file (``.pth``); None uses torchvision's ``DEFAULT`` pretrained weights from
+            the torch hub cache (``<torch.hub.get_dir()>/checkpoints/<file>``), downloaded there when online.
+        device: where RAFT runs.
+        num_flow_updates: recurrent refinement steps (torchvision's default 12).
+
+    Raises:
+        Easi3RRuntimeError: torchvision missing or unusable with this torch, or no weights (offline without the
+            cached file: the message names the file to place).
+        CheckpointError: a local weights file that cannot be loaded into the model.
+    """
+
+    def __init__(
+        self,
+        variant: Literal["raft", "raft_small"] = "raft",
+        *,
+        weights: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        num_flow_updates: int = 12,
+    ) -> None:
+        try:
+            from torchvision.models import optical_flow as tv_flow  # type: ignore[import-not-found,unused-ignore]
+        except Exception as err:  # ImportError, or a torchvision built for another torch (missing operators)
+            raise Easi3RRuntimeError(
+                f"the RAFT flow provider needs torchvision matching torch {torch.__version__} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): pip install easi3r[raft]"
+            ) from None
+        build, enum = (
+            (tv_flow.raft_large, tv_flow.Raft_Large_Weights)
+            if variant == "raft"
+            else (tv_flow.raft_small, tv_flow.Raft_Small_Weights)
+        )
+        pretrained = enum.DEFAULT
+        model = build(weights=None, progress=False)
+        model.load_state_dict(_raft_state_dict(pretrained, weights))
+        self.variant, self.device, self.num_flow_updates = variant, torch.device(device), int(num_flow_updates)
+        self.model = model.eval().to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray:
+        h, w = img_a.shape[:2]
+        pad = (0, (-w) % 8, 0, (-h) % 8)
+
+        def prepare(img: np.ndarray) -> Tensor:
+            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].to(self.device, torch.float32)
+            return F.pad(x / 127.5 - 1.0, pad, mode="replicate")
+
+        flows = self.model(prepare(img_a), prepare(img_b), num_flow_updates=self.num_flow_updates)
+        flow: np.ndarray = flows[-1][0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
+        return flow
+
+    def __repr__(self) -> str:
+        return f"RAFTFlow(variant={self.variant!r}, device={str(self.device)!r})"
+
+
+def _raft_state_dict(pretrained: Any, weights: str | Path | None) -> dict[str, Tensor]:
+    """State dict of a local file, or of torchvision's pretrained weights (hub cache, else download)."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise Easi3RInputError(f"RAFT weights file not found: {path}")
+        try:
+            state: dict[str, Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"cannot read RAFT weights {path}: {str(err).splitlines()[0]}") from None
+        return state
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pretrained.url).path).name
+    try:
+        loaded: dict[str, Tensor] = pretrained.get_state_dict(progress=False)
+    except Exception:  # offline: urllib errors, or a partial download
+        raise Easi3RRuntimeError(
+            f"RAFT weights unavailable offline: place {pretrained.url.rsplit('/', 1)[-1]} at {cached} "
+            "(or pass weights=<local .pth>)"
+        ) from None
+    return loaded
+
+
+def make_flow_provider(
+    name: str = "dis", *, weights: str | Path | None = None, device: torch.device | str = "cpu"
+) -> FlowProvider:
+    """The built-in observed-flow provider called ``name`` (:data:`FLOW_MODELS`).
+
+    Args:
+        name: ``"dis"`` (OpenCV DIS, CPU, no weights; the default), ``"raft"`` (torchvision ``raft_large``) or
+            ``"raft_small"``.
+        weights: RAFT only: a local state-dict file (default: torchvision's cached pretrained weights).
+        device: RAFT only: where it runs.
+
+    Raises:
+        Easi3RInputError: an unknown name, or weights given for ``"dis"``.
+        Easi3RRuntimeError: RAFT without a usable torchvision or without weights (see :class:`RAFTFlow`).
+
+    Example:
+        >>> make_flow_provider("dis")
+        DISFlow(preset=2)
+    """
+    if name not in FLOW_MODELS:
+        raise Easi3RInputError(f"flow_model must be one of {', '.join(FLOW_MODELS)}, got {name!r}")
+    if name == "dis":
+        if weights is not None:
+            raise Easi3RInputError("the 'dis' flow provider takes no weights")
+        return DISFlow()
+    return RAFTFlow("raft" if name == "raft" else "raft_small", weights=weights, device=device)
 
 
 def _as_uint8_frames(images: np.ndarray | Tensor) -> np.ndarray:

@@ -7,16 +7,24 @@ half-pixel offset, as in the official code.
 
 from __future__ import annotations
 
+import math
+
 import roma
 import torch
 from torch import Tensor
 
+from ..errors import Easi3RRuntimeError
+
 __all__ = [
+    "FOCAL_RANGE",
     "align_poses_sim3",
     "decode_poses",
+    "default_focal",
     "depth_to_camera_points",
     "encode_rotation_translation",
     "estimate_focal",
+    "intrinsics_inverse",
+    "is_plausible_focal",
     "pixel_grid",
     "procrustes",
     "signed_expm1",
@@ -110,8 +118,28 @@ def depth_to_camera_points(depth: Tensor, focal: Tensor, principal_point: Tensor
     return torch.cat((d * centred / focal[:, None, None], d), dim=-1)
 
 
+#: Relative spread below which a point set counts as collinear (or coincident) for :func:`procrustes`: the second
+#: largest eigenvalue of its weighted covariance over the largest (float64).
+RANK_TOLERANCE = 1e-10
+
+
+def _spread_degeneracy(points: Tensor, weights: Tensor) -> str | None:
+    """Why ``(B, N, 3)`` weighted points cannot pin a similarity (None when they can): every point equal, or all
+    on one line (the rotation about that line is then undetermined)."""
+    w = weights / weights.sum(dim=-1, keepdim=True)
+    centred = points - (w[..., None] * points).sum(dim=-2, keepdim=True)
+    cov = torch.einsum("bn,bni,bnj->bij", w, centred, centred)
+    eig = torch.linalg.eigvalsh(cov)  # ascending
+    scale = points.abs().amax(dim=(-2, -1)).clamp(min=1e-30) ** 2
+    if bool((eig[:, 2] <= RANK_TOLERANCE * scale).any()):
+        return "all points coincide"
+    if bool((eig[:, 1] <= RANK_TOLERANCE * eig[:, 2]).any()):
+        return "the points are collinear"
+    return None
+
+
 def procrustes(
-    source: Tensor, target: Tensor, weights: Tensor, *, batched: bool = False
+    source: Tensor, target: Tensor, weights: Tensor, *, batched: bool = False, what: str = "the points"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted similarity registration ``target ~ s R source + t`` (Umeyama, via roma).
 
@@ -120,10 +148,16 @@ def procrustes(
             (pass an ``(H, W, 3)`` pointmap as is), except the first one when ``batched``.
         weights: non-negative weights of shape ``source.shape[:-1]``.
         batched: solve one registration per entry of the first dim.
+        what: names the registration in the error message (e.g. ``"edge (0, 1): view-1 points onto frame 0"``).
 
     Returns:
         ``(s, R, t)``: scale ``()``, rotation ``(3, 3)`` and translation ``(3,)``, each with a leading ``(B,)``
         when ``batched``.
+
+    Raises:
+        Easi3RRuntimeError: the registration is undetermined (rank-deficient): zero total weight, source or target
+            points all equal or collinear (weighted covariance eigenvalues ``l_2 <= 1e-10 l_1``), or a non-finite
+            or non-positive scale.
     """
     if batched:
         b = source.shape[0]
@@ -133,7 +167,16 @@ def procrustes(
     # Accumulated in float64: in float32 the ~2e5-term sums land on BLAS SGEMM, whose rounding depends on the code
     # path (ISA dispatch, thread count) by up to 1e-4 relative in the scale (measured on MKL: AVX-512 vs
     # MKL_CBWR=COMPATIBLE, 1 vs 2 threads), which then moves every chained pose.
-    rot, trans, scale = roma.rigid_points_registration(x.double(), y.double(), weights=w.double(), compute_scaling=True)
+    x, y, w = x.double(), y.double(), w.double()
+    if bool((w.sum(dim=-1) <= 0).any()):
+        raise Easi3RRuntimeError(f"degenerate registration of {what}: zero total weight (no confident points)")
+    for name, pts in (("source", x), ("target", y)):
+        why = _spread_degeneracy(pts.reshape(-1, *pts.shape[-2:]), w.reshape(-1, w.shape[-1]))
+        if why is not None:
+            raise Easi3RRuntimeError(f"degenerate registration of {what}: {why} ({name} side)")
+    rot, trans, scale = roma.rigid_points_registration(x, y, weights=w, compute_scaling=True)
+    if not (bool(torch.isfinite(scale).all()) and bool((scale > 0).all()) and bool(torch.isfinite(rot).all())):
+        raise Easi3RRuntimeError(f"degenerate registration of {what}: scale {scale.flatten()[:3].tolist()}")
     return scale.to(source.dtype), rot.to(source.dtype), trans.to(source.dtype)
 
 
@@ -146,6 +189,43 @@ def sim3_matrix(scale: Tensor | float, rotation: Tensor, translation: Tensor) ->
     out[..., :3, 3] = translation
     out[..., 3, 3] = 1
     return out
+
+
+#: Plausible focal lengths, in units of the image's long side ``S = max(H, W)``: ``[0.05 S, 50 S]``, i.e. fields
+#: of view between ~169 and ~1.1 degrees. An estimate outside (or non-finite) is treated as degenerate.
+FOCAL_RANGE = (0.05, 50.0)
+
+
+def default_focal(height: int, width: int) -> float:
+    """The fallback focal in pixels, ``max(H, W)`` (a ~53 degree field of view on the long side): the value the
+    official ``PointCloudOptimizer`` initialises its focal parameters with (``focal_break * log(max(H, W))``,
+    official ``dust3r/cloud_opt/optimizer.py``)."""
+    return float(max(height, width))
+
+
+def is_plausible_focal(focal: float, height: int, width: int) -> bool:
+    """Whether a focal estimate (px) is finite and inside :data:`FOCAL_RANGE` for an ``H x W`` image.
+
+    Example:
+        >>> is_plausible_focal(355.2, 384, 512), is_plausible_focal(0.0, 48, 64), is_plausible_focal(0.33, 48, 64)
+        (True, False, False)
+    """
+    side = max(height, width)
+    return math.isfinite(focal) and FOCAL_RANGE[0] * side <= focal <= FOCAL_RANGE[1] * side
+
+
+def intrinsics_inverse(K: Tensor) -> Tensor:
+    """Closed-form inverse of ``(..., 3, 3)`` pinhole intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``:
+    ``[[1/fx, 0, -cx/fx], [0, 1/fy, -cy/fy], [0, 0, 1]]`` (no LU factorisation; a zero focal gives inf, never a
+    linear-algebra error)."""
+    inv = torch.zeros_like(K)
+    fx, fy = K[..., 0, 0], K[..., 1, 1]
+    inv[..., 0, 0] = 1 / fx
+    inv[..., 1, 1] = 1 / fy
+    inv[..., 0, 2] = -K[..., 0, 2] / fx
+    inv[..., 1, 2] = -K[..., 1, 2] / fy
+    inv[..., 2, 2] = 1
+    return inv
 
 
 def estimate_focal(points: Tensor, principal_point: Tensor | None = None, iterations: int = 10) -> Tensor:

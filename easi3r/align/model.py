@@ -11,7 +11,8 @@ State (all float32 like the reference, on the inputs' device):
 * ``focal_params``: ``20 log f``, one shared value ``(1,)`` or one per frame ``(T,)``; principal point fixed at
   ``(W/2, H/2)``;
 * ``pw_params (P, 8)``: per-edge similarity (quaternion, ``signed_log1p(t/s)``, ``log s``); the scales are
-  normalised so their geometric mean is ``base_scale`` (unless poses are pinned, which fixes the world scale).
+  normalised so their geometric mean is ``base_scale`` (unless poses are known, which fixes the world scale), or
+  1 with a metric backbone (``metric=True``: the world stays in the network's units).
 
 The alignment loss compares, for every edge ``e = (i, j)`` (frame ``i`` = view 1, frame ``j`` = view 2), the world
 points of frames ``i`` and ``j`` back-projected from depth with the pairwise pointmaps moved by the edge's
@@ -26,7 +27,7 @@ streams over pixel blocks and forms the gradient during the forward pass, so an 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import roma
@@ -42,6 +43,7 @@ from .geometry import (
     decode_poses,
     depth_to_camera_points,
     encode_rotation_translation,
+    intrinsics_inverse,
     pixel_grid,
     procrustes,
     signed_log1p,
@@ -50,9 +52,13 @@ from .geometry import (
 )
 from .mst import MSTInit, image_confidence, mst_initialisation
 
-__all__ = ["PointmapAligner", "alignment_residual_sum", "check_pairwise_inputs", "relative_pose_loss"]
+__all__ = ["KnownMode", "PointmapAligner", "alignment_residual_sum", "check_pairwise_inputs", "relative_pose_loss"]
 
 FOCAL_BREAK = 20.0  # focal parametrised as FOCAL_BREAK * log(f), official `focal_break`
+
+#: How known focals / poses are used: ``"pin"`` fixes them (returned exactly), ``"init"`` starts the optimisation
+#: from them and lets it move them (official MonST3R ``preset_pose(..., requires_grad=True)``).
+KnownMode = Literal["pin", "init"]
 
 
 class _BlockBuffers:
@@ -278,12 +284,24 @@ class PointmapAligner(nn.Module):
         conf_1, conf_2: ``(P, H, W)`` raw confidences (>= 1) of view 1 / view 2.
         config: alignment settings (focal sharing, base scale, PnP and loss weights).
         n_frames: ``T`` (default ``edges.max() + 1``).
-        known_focal: focal(s) in pixels to pin: a scalar or ``(T,)``; returned exactly by :meth:`get_focals`.
-        known_poses: ``(T, 4, 4)`` cam-to-world to pin; returned exactly by :meth:`get_cam2world`.
+        known_focal: known focal(s) in pixels: a scalar or ``(T,)``; used by the MST initialisation instead of
+            the estimates, then pinned or optimised (``known_mode``).
+        known_poses: ``(T, 4, 4)`` known cam-to-world; the MST initialisation is Sim(3)-aligned onto them, then
+            they are pinned or optimised (``known_mode``). Either way the pairwise scales are not normalised: the
+            known poses fix the world scale (official ``preset_pose`` sets ``norm_pw_scale = False``).
+        known_mode: ``"pin"``: :meth:`get_focals` / :meth:`get_cam2world` return the known values exactly and they
+            are not optimised; ``"init"``: the focal / pose parameters start at the known values and are optimised
+            (official MonST3R ``preset_pose(..., requires_grad=True)``, except that the MST state is aligned onto
+            the known poses, which the official code skips for trainable presets).
+        metric: the pointmaps are metric (a metric backbone): the pairwise scales are normalised to geometric mean
+            1 instead of ``config.base_scale``, so the world keeps the network's units. The anchor is what stops
+            the loss (a distance in world units) from shrinking the scene; with exact metric pointmaps every
+            pairwise scale is 1, so it costs nothing. Ignored with known poses (they fix the scale).
         block: pixels per block of the streamed loss (see :func:`alignment_residual_sum`).
 
     Raises:
-        Easi3RInputError: bad pairwise inputs, or ``known_focal`` / ``known_poses`` of the wrong shape or values.
+        Easi3RInputError: bad pairwise inputs, ``known_focal`` / ``known_poses`` of the wrong shape or values, or an
+            unknown ``known_mode``.
     """
 
     # Buffers (registered in __init__); declared so that type checkers see tensors, not ``Tensor | Module``.
@@ -314,11 +332,17 @@ class PointmapAligner(nn.Module):
         n_frames: int | None = None,
         known_focal: float | Tensor | None = None,
         known_poses: Tensor | None = None,
+        known_mode: KnownMode = "pin",
+        metric: bool = False,
         block: int | None = None,
         _require_every_frame: bool = True,
     ) -> None:
         super().__init__()
         config = AlignConfig() if config is None else config
+        if known_mode not in ("pin", "init"):
+            raise Easi3RInputError(f"known_mode must be 'pin' or 'init', got {known_mode!r}")
+        if not isinstance(metric, bool):
+            raise Easi3RInputError(f"metric must be a bool, got {metric!r}")
         n = check_pairwise_inputs(
             edges, pts_1, pts_2, conf_1, conf_2, n_frames, require_every_frame=_require_every_frame
         )
@@ -363,18 +387,24 @@ class PointmapAligner(nn.Module):
                     f"got {tuple(torch.as_tensor(known_focal).shape)}"
                 )
             self.known_focal = kf
-            self.focal_params.requires_grad_(False)
+            self.focal_params.requires_grad_(known_mode == "init")
         if known_poses is not None:
             kp = torch.as_tensor(known_poses).to(device=device, dtype=dtype)
             check_shape(kp, "T 4 4", "known_poses", dims={"T": n})
             check_finite(kp, "known_poses")
             self.known_poses = kp
-            self.pose_params.requires_grad_(False)
-        # With pinned poses the world scale is given, so the pairwise scales must stay free (as the reference).
+            self.pose_params.requires_grad_(known_mode == "init")
+        self.known_mode: KnownMode = known_mode
+        self.metric = metric
+        # With known poses the world scale is given, so the pairwise scales must stay free (as the reference).
         self.normalise_pw_scale = known_poses is None
+        self.scale_anchor = 1.0 if metric else config.base_scale
 
         self.flow_weight = 0.0
         self.flow_start_iteration = 0.0
+        # Whether this aligner counts the terms that are not sums over its own pairs (one process of a sharded
+        # alignment, easi3r.align.sharded; always True otherwise).
+        self._counts_global_terms = True
         self.mst: MSTInit | None = None
 
     # ------------------------------------------------------------------ decoding
@@ -384,13 +414,13 @@ class PointmapAligner(nn.Module):
 
     def get_cam2world(self) -> Tensor:
         """``(T, 4, 4)`` camera-to-world poses."""
-        if self.known_poses is not None:
+        if self.known_poses is not None and self.known_mode == "pin":
             return self.known_poses
         return decode_poses(self.pose_params)
 
     def get_focals(self) -> Tensor:
         """``(T,)`` focal lengths in pixels."""
-        if self.known_focal is not None:
+        if self.known_focal is not None and self.known_mode == "pin":
             return self.known_focal
         return (self.focal_params / FOCAL_BREAK).exp().expand(self.n_frames)
 
@@ -421,13 +451,14 @@ class PointmapAligner(nn.Module):
         return self._world_points().reshape(self.n_frames, self.height, self.width, 3)
 
     def get_pw_norm_scale_factor(self) -> Tensor:
-        """Factor bringing the geometric mean of the pairwise scales to ``base_scale`` (1 with pinned poses).
+        """Factor bringing the geometric mean of the pairwise scales to ``base_scale`` (1 when ``metric``; the
+        factor is 1 with known poses).
 
         Official ``dust3r/cloud_opt/base_opt.py``, ``BasePCOptimizer.get_pw_norm_scale_factor``; ``()`` tensor.
         """
         if not self.normalise_pw_scale:
             return self.pw_params.new_ones(())
-        return (math.log(self.config.base_scale) - self.pw_params[:, -1].mean()).exp()
+        return (math.log(self.scale_anchor) - self.pw_params[:, -1].mean()).exp()
 
     def get_pw_scale(self) -> Tensor:
         """``(P,)`` effective per-edge scale ``sigma_e``."""
@@ -496,7 +527,7 @@ class PointmapAligner(nn.Module):
             raise Easi3RRuntimeError("set_flow() must be called before flow_loss()")
         pose = self.get_cam2world()
         K = self.get_intrinsics()
-        K_inv = torch.linalg.inv(K)
+        K_inv = intrinsics_inverse(K)
         depth = self.get_depthmaps()
         ei, ej = self.edges[:, 0], self.edges[:, 1]
         ego_12 = induced_flow(depth[ei], pose[ei], pose[ej], K_inv[ei], K[ej])
@@ -535,7 +566,7 @@ class PointmapAligner(nn.Module):
         l_1, l_2 = self.alignment_loss()
         loss = l_1 + l_2
         cfg = self.config
-        if cfg.temporal_smoothing_weight > 0:
+        if cfg.temporal_smoothing_weight > 0 and self._counts_global_terms:
             loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(
                 self.get_cam2world(), cfg.translation_weight
             )
@@ -547,7 +578,9 @@ class PointmapAligner(nn.Module):
             flow = self.flow_loss()
             # The reference drops the term for any iteration whose value exceeds the threshold.
             if not (cfg.flow_threshold > 0 and float(flow.detach()) > cfg.flow_threshold):
-                loss = loss + self.flow_weight * flow
+                # In a sharded alignment flow_loss() is the value over all processes' pairs: one process counts
+                # it; the others add it times 0, so that the collectives inside its gradient run everywhere.
+                loss = loss + self.flow_weight * (flow if self._counts_global_terms else flow * 0.0)
         return loss
 
     # ------------------------------------------------------------------ initialisation
@@ -584,6 +617,7 @@ class PointmapAligner(nn.Module):
             pnp_iterations=cfg.pnp_iterations,
             pnp_reprojection_error=cfg.pnp_reprojection_error,
             known_focals=known_focals,
+            robust_pnp=cfg.robust_init,
             _pnp_override=pnp_override,
         )
         return self._init_from_mst(mst)
@@ -607,8 +641,8 @@ class PointmapAligner(nn.Module):
         # Pairwise similarities: view-1 pointmap of each edge onto its frame's chained points. One registration
         # per edge (a one-off cost): roma's batched float32 path accumulates differently (errors ~1e-3 on 2e5
         # points), and the reference registers edge by edge.
-        for e, i in enumerate(self.edges[:, 0].tolist()):
-            s, R, T = procrustes(self.pred_1[e], points[i], self.conf_1[e])
+        for e, (i, j) in enumerate(self.edges.tolist()):
+            s, R, T = procrustes(self.pred_1[e], points[i], self.conf_1[e], what=f"edge ({i}, {j}) onto frame {i}")
             self.pw_params.data[e, :4] = roma.rotmat_to_unitquat(R)
             self.pw_params.data[e, 4:7] = signed_log1p(T / s)
             # log in float64 then rounded, as the reference's np.log(float(s))
@@ -619,10 +653,16 @@ class PointmapAligner(nn.Module):
         points *= factor
 
         depth = transform_points(torch.linalg.inv(poses), points)[..., 2]
+        self._check_init_depth(depth)
         self.log_depth.data[:] = depth.log().nan_to_num(nan=0.0, neginf=0.0)
         if self.known_poses is None:
             self.pose_params.data[:] = encode_rotation_translation(poses[:, :3, :3], poses[:, :3, 3])
-        if self.known_focal is None:
+        elif self.known_mode == "init":
+            self.pose_params.data[:] = encode_rotation_translation(
+                self.known_poses[:, :3, :3], self.known_poses[:, :3, 3]
+            )
+        if self.known_focal is None or self.known_mode == "init":
+            # mst.focals are the known focals when given; every MST focal is plausible (degenerate -> default)
             if cfg.shared_focal:
                 self.focal_params.data[:] = FOCAL_BREAK * np.log(sum(mst.focals) / n)
             else:
@@ -630,3 +670,15 @@ class PointmapAligner(nn.Module):
                     FOCAL_BREAK * np.log(np.asarray(mst.focals, dtype=np.float64)), dtype=self.grid.dtype
                 )
         return mst
+
+    def _check_init_depth(self, depth: Tensor) -> None:
+        """Refuse an initial state without usable depth: a frame whose chained points all lie at non-positive
+        (or non-finite) depth in its camera (e.g. zero-depth pointmaps) gives no log-depth to start from.
+        Isolated invalid pixels keep the reference's fallback (log-depth 0, i.e. depth 1)."""
+        valid = torch.isfinite(depth) & (depth > 0)
+        bad = (~valid.any(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            raise Easi3RRuntimeError(
+                f"degenerate initialisation: frame(s) {bad} have no point at positive depth in their camera "
+                "(zero-depth or behind-camera pointmaps)"
+            )

@@ -22,6 +22,7 @@ step (scalars) and OpenCV's PnP (one frame's points, copied to host).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import cv2
@@ -32,9 +33,29 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from torch import Tensor
 
 from ..errors import Easi3RInputError, Easi3RRuntimeError
-from .geometry import estimate_focal, pixel_grid, procrustes, sim3_matrix, transform_points
+from .geometry import (
+    FOCAL_RANGE,
+    default_focal,
+    estimate_focal,
+    is_plausible_focal,
+    pixel_grid,
+    procrustes,
+    sim3_matrix,
+    transform_points,
+)
 
-__all__ = ["MSTEdge", "MSTInit", "edge_scores", "image_confidence", "mst_initialisation", "ransac_pnp"]
+__all__ = [
+    "ROBUST_PNP_ITERATIONS",
+    "MSTEdge",
+    "MSTInit",
+    "edge_scores",
+    "image_confidence",
+    "mst_initialisation",
+    "ransac_pnp",
+]
+
+#: RANSAC iterations of the robust initialisation (``AlignConfig.robust_init``); the official code uses 10.
+ROBUST_PNP_ITERATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,11 @@ class MSTInit:
         log: the tree walk in processing order (root first).
         pnp_frames: frames whose pose came from RANSAC-PnP (or a test's override of it), in frame order.
         pnp_results: the cam-to-world returned for each of ``pnp_frames`` (None where PnP failed).
+        fallback_focal_frames: frames whose focal estimate was degenerate (zero, non-finite or outside
+            :data:`~easi3r.align.geometry.FOCAL_RANGE`) and was replaced by
+            :func:`~easi3r.align.geometry.default_focal` (a warning names them).
+        failed_pnp_frames: frames where PnP found no pose (fewer than 4 confident points or no solution): posed at
+            the identity, as the official code does (a warning names them).
     """
 
     points: Tensor
@@ -76,6 +102,8 @@ class MSTInit:
     log: list[MSTEdge] = field(default_factory=list)
     pnp_frames: list[int] = field(default_factory=list)
     pnp_results: dict[int, Tensor | None] = field(default_factory=dict)
+    fallback_focal_frames: list[int] = field(default_factory=list)
+    failed_pnp_frames: list[int] = field(default_factory=list)
 
 
 def image_confidence(edges: Tensor, conf_1: Tensor, conf_2: Tensor, n_frames: int) -> Tensor:
@@ -118,6 +146,7 @@ def ransac_pnp(
     *,
     iterations: int = 10,
     reprojection_error: float = 5.0,
+    refine: bool = False,
 ) -> tuple[float, Tensor] | None:
     """Camera pose of a frame from its world pointmap, by RANSAC-PnP (OpenCV SQPnP; official ``init_im_poses.py``
     ``fast_pnp``).
@@ -131,6 +160,9 @@ def ransac_pnp(
             (``S = max(H, W)``) and keeps the one with most inliers.
         mask: ``(H, W)`` bool, the points to use.
         iterations: RANSAC iterations. ``reprojection_error``: inlier threshold in pixels.
+        refine: polish the RANSAC pose by Levenberg-Marquardt on its inliers (``cv2.solvePnPRefineLM``; not in
+            the official code). RANSAC's minimal-sample solutions jump between nearby optima under float noise in
+            the points; the refined pose is the inliers' least-squares optimum, which moves continuously.
 
     Returns:
         ``(focal, cam2world (4, 4))`` in the dtype and device of ``points``, or None with fewer than 4 points or
@@ -145,7 +177,7 @@ def ransac_pnp(
     candidates: list[float] = (
         [float(focal)] if focal is not None else np.geomspace(max(w, h) / 2, max(w, h) * 3, 21).tolist()
     )
-    best: tuple[int, np.ndarray, np.ndarray, float] | None = None
+    best: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
     obj, img = pts[msk], pixels[msk]
     for f in candidates:
         K = np.array([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)], dtype=np.float32)
@@ -160,11 +192,16 @@ def ransac_pnp(
         )
         if not ok or inliers is None:
             continue
-        if best is None or len(inliers) > best[0]:
-            best = (len(inliers), rvec, tvec, f)
-    if best is None or best[0] == 0:
+        if best is None or len(inliers) > best[0].size:
+            best = (inliers.reshape(-1), rvec, tvec, f)
+    if best is None or best[0].size == 0:
         return None
-    _, rvec, tvec, f = best
+    inl, rvec, tvec, f = best
+    if refine and inl.size >= 4:
+        K = np.array([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)], dtype=np.float64)
+        rvec, tvec = cv2.solvePnPRefineLM(
+            obj[inl].astype(np.float64), img[inl].astype(np.float64), K, None, rvec.copy(), tvec.copy()
+        )
     world2cam = torch.eye(4, dtype=points.dtype, device=points.device)
     world2cam[:3, :3] = torch.from_numpy(cv2.Rodrigues(rvec)[0])
     world2cam[:3, 3] = torch.from_numpy(tvec.ravel())
@@ -193,6 +230,7 @@ def mst_initialisation(
     pnp_iterations: int = 10,
     pnp_reprojection_error: float = 5.0,
     known_focals: list[float] | None = None,
+    robust_pnp: bool = False,
     _pnp_override: dict[int, Tensor] | None = None,
 ) -> MSTInit:
     """Chain the pairwise pointmaps along the maximum-confidence spanning tree (official ``init='mst'``,
@@ -206,6 +244,8 @@ def mst_initialisation(
         min_conf_thr: PnP uses the pixels with ``im_conf > min_conf_thr``.
         pnp_iterations, pnp_reprojection_error: RANSAC settings (iterations; inlier threshold in pixels).
         known_focals: ``T`` focals in pixels replacing every estimate (pinned intrinsics).
+        robust_pnp: the robust variant of the PnP step (not official): at least :data:`ROBUST_PNP_ITERATIONS`
+            RANSAC iterations, then Levenberg-Marquardt on the inliers (:func:`ransac_pnp` ``refine``).
         _pnp_override: private testing seam: frame -> ``(4, 4)`` cam-to-world used instead of PnP's result for
             that frame (RANSAC with 10 iterations is chaotic under 1e-5 input changes, so a golden comparison pins
             it to the official result).
@@ -213,8 +253,15 @@ def mst_initialisation(
     Returns:
         :class:`MSTInit`.
 
+    Degenerate estimates are caught here: a focal estimate that is zero, non-finite or implausible
+    (:func:`~easi3r.align.geometry.is_plausible_focal`) is replaced by
+    :func:`~easi3r.align.geometry.default_focal` before it is used (PnP, the aligner's focal), and a frame PnP
+    cannot pose keeps the identity; both emit one ``RuntimeWarning`` naming the frames.
+
     Raises:
         Easi3RInputError: the pair graph does not connect all frames.
+        Easi3RRuntimeError: a tree registration is undetermined (pointmap points all equal or collinear; see
+            :func:`~easi3r.align.geometry.procrustes`).
     """
     n_frames = im_conf.shape[0]
     device, dtype = pts_1.device, pts_1.dtype
@@ -232,10 +279,17 @@ def mst_initialisation(
     tree = minimum_spanning_tree(graph).tocoo()
     todo = sorted(zip((-tree.data).tolist(), tree.row.tolist(), tree.col.tolist()))
 
+    h, w = pts_1.shape[1:3]
+    fallback_frames: list[int] = []
+
     def focal_of(frame: int, key: tuple[int, int]) -> float:
         if known_focals is not None:
             return float(known_focals[frame])
-        return float(estimate_focal(pts_1[index[key]]))
+        f = float(estimate_focal(pts_1[index[key]]))
+        if not is_plausible_focal(f, h, w):
+            fallback_frames.append(frame)
+            f = default_focal(h, w)
+        return f
 
     points: list[Tensor | None] = [None] * n_frames
     poses: list[Tensor | None] = [None] * n_frames
@@ -260,12 +314,12 @@ def mst_initialisation(
             key = (i, j)
             e = index[key]
             if i in done:
-                s, R, T = procrustes(pts_1[e], _placed(points, i), conf_1[e])
+                s, R, T = procrustes(pts_1[e], _placed(points, i), conf_1[e], what=f"tree edge ({i}, {j})")
                 points[j] = transform_points(sim3_matrix(s, R, T), pts_2[e])
                 done.add(j)
                 log.append(MSTEdge(i, j, score, placed_1=False, placed_2=True))
             else:
-                s, R, T = procrustes(pts_2[e], _placed(points, j), conf_2[e])
+                s, R, T = procrustes(pts_2[e], _placed(points, j), conf_2[e], what=f"tree edge ({i}, {j})")
                 points[i] = transform_points(sim3_matrix(s, R, T), pts_1[e])
                 done.add(i)
                 log.append(MSTEdge(i, j, score, placed_1=True, placed_2=False))
@@ -284,6 +338,7 @@ def mst_initialisation(
 
     pnp_frames: list[int] = []
     pnp_results: dict[int, Tensor | None] = {}
+    failed: list[int] = []
     override = _pnp_override or {}
     for t in range(n_frames):
         if poses[t] is not None:
@@ -298,21 +353,47 @@ def mst_initialisation(
             _placed(points, t),
             focals[t],
             im_conf[t] > min_conf_thr,
-            iterations=pnp_iterations,
+            iterations=max(pnp_iterations, ROBUST_PNP_ITERATIONS) if robust_pnp else pnp_iterations,
             reprojection_error=pnp_reprojection_error,
+            refine=robust_pnp,
         )
         pnp_results[t] = None if res is None else res[1]
         if res is not None:
             focals[t], poses[t] = res
         else:
+            failed.append(t)
             poses[t] = torch.eye(4, dtype=dtype, device=device)
 
     # A frame that is view 2 only and whose PnP sweep failed has no focal: fall back to the default init value.
-    h, w = pts_1.shape[1:3]
-    final_focals = [float(max(h, w)) if f is None else float(f) for f in focals]
+    final_focals = [default_focal(h, w) if f is None else float(f) for f in focals]
+    fallback = sorted(set(fallback_frames))
+    if fallback:
+        lo, hi = FOCAL_RANGE
+        warnings.warn(
+            f"degenerate focal estimate for frame(s) {fallback} (zero, non-finite or outside [{lo}, {hi}] x "
+            f"max(H, W)): using the default focal max(H, W) = {default_focal(h, w):g} px",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if failed:
+        warnings.warn(
+            f"PnP found no pose for frame(s) {failed} (fewer than 4 points with im_conf > {min_conf_thr:g}, or no "
+            "solution): initialised at the identity pose",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     placed_points = [_placed(points, t) for t in range(n_frames)]
     placed_poses = [_placed(poses, t) for t in range(n_frames)]
-    return MSTInit(torch.stack(placed_points), final_focals, torch.stack(placed_poses), log, pnp_frames, pnp_results)
+    return MSTInit(
+        torch.stack(placed_points),
+        final_focals,
+        torch.stack(placed_poses),
+        log,
+        pnp_frames,
+        pnp_results,
+        fallback,
+        failed,
+    )
 
 
 def _placed(items: list[Tensor | None], frame: int) -> Tensor:

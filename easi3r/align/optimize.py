@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from .._checks import check_shape
 from ..config import AlignConfig
-from ..errors import Easi3RInputError
+from ..errors import Easi3RInputError, Easi3RRuntimeError
 from .flow import DISFlow, FlowProvider, compute_edge_flows
-from .model import PointmapAligner
+from .model import KnownMode, PointmapAligner
 from .mst import MSTEdge
 
 __all__ = ["Alignment", "global_align", "learning_rate", "run_optimisation"]
@@ -79,6 +79,10 @@ def run_optimisation(
 
     The returned value is the loss computed at the last iteration, before its parameter update (as the
     reference's ``compute_global_alignment``); ``nan`` when there is nothing to optimise or no iteration.
+
+    Raises:
+        Easi3RRuntimeError: the loss became non-finite (the optimisation diverged on degenerate geometry); the
+            message names the iteration.
     """
     cfg = aligner.config if config is None else config
     params = [p for p in aligner.parameters() if p.requires_grad]
@@ -96,11 +100,34 @@ def run_optimisation(
                 group["lr"] = lr
             optimizer.zero_grad()
             loss = aligner(it)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise Easi3RRuntimeError(
+                    f"global alignment diverged: the loss is {loss_value} at iteration {it} of {cfg.iterations} "
+                    "(degenerate geometry)"
+                )
             loss.backward()
             optimizer.step()
-            loss_value = float(loss.detach())
             bar.set_postfix_str(f"lr={lr:.2e} loss={loss_value:.5g}")
     return loss_value
+
+
+def _check_final_state(aligner: PointmapAligner) -> None:
+    """Raise one :class:`Easi3RRuntimeError` naming the quantity and frames when the optimised cameras, focals or
+    depths are not finite (or a focal / depth is not positive)."""
+    checks = (
+        ("camera pose", aligner.get_cam2world().flatten(1), False),
+        ("focal", aligner.get_focals()[:, None], True),
+        ("depth", aligner.get_depthmaps().flatten(1), True),
+    )
+    for name, values, positive in checks:
+        bad_values = ~torch.isfinite(values) | (
+            (values <= 0) if positive else torch.zeros_like(values, dtype=torch.bool)
+        )
+        bad = bad_values.any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            kind = "non-finite or non-positive" if positive else "non-finite"
+            raise Easi3RRuntimeError(f"global alignment degenerated: {kind} {name} for frame(s) {bad}")
 
 
 def global_align(
@@ -116,6 +143,8 @@ def global_align(
     flow_provider: FlowProvider | None = None,
     known_focal: float | Tensor | None = None,
     known_poses: Tensor | None = None,
+    known_mode: KnownMode = "pin",
+    metric: bool = False,
     progress: bool = True,
     n_frames: int | None = None,
 ) -> Alignment:
@@ -135,18 +164,29 @@ def global_align(
         images: ``(T, H, W, 3)`` uint8 RGB frames; needed only by the flow term.
         masks: ``(T, H, W)`` bool dynamic masks, excluded from the flow term (None: every pixel static).
         flow_provider: observed-flow source (default :class:`~easi3r.align.flow.DISFlow`).
-        known_focal: focal(s) in pixels to pin: scalar or ``(T,)``.
-        known_poses: ``(T, 4, 4)`` cam-to-world to pin (not optimised; the pairwise scales are then not
-            normalised, the known poses fix the world scale).
+        known_focal: known focal(s) in pixels: scalar or ``(T,)``.
+        known_poses: ``(T, 4, 4)`` known cam-to-world (the pairwise scales are then not normalised: the known
+            poses fix the world scale).
+        known_mode: ``"pin"`` (default): the known focal / poses are fixed and returned exactly; ``"init"``: they
+            initialise the optimisation, which then moves them (see :class:`~easi3r.align.PointmapAligner`).
+        metric: the pointmaps are metric (a metric backbone): the world keeps their units (pairwise scales
+            anchored at geometric mean 1 instead of ``config.base_scale``).
         progress: show a tqdm bar with the loss.
         n_frames: ``T``, checked against the edges (default ``edges.max() + 1``; every frame must be in an edge).
 
     Returns:
         :class:`Alignment`.
 
+    Degenerate geometry (e.g. textureless or identical frames through a weak network) is detected: a zero,
+    non-finite or implausible focal estimate falls back to the default focal ``max(H, W)`` and a frame PnP cannot
+    pose starts at the identity, each with a ``RuntimeWarning`` naming the frames; an undetermined registration,
+    a frame without positive depth, a diverging loss or a non-finite result raises one
+    :class:`~easi3r.errors.Easi3RRuntimeError` saying what degenerated.
+
     Raises:
         Easi3RInputError: inconsistent shapes, fewer than 2 frames, non-finite inputs, a flow term without
             images, mismatching ``known_poses`` / ``known_focal`` / ``masks``.
+        Easi3RRuntimeError: degenerate geometry that no fallback recovers (see above).
     """
     cfg = AlignConfig() if config is None else config
     if not isinstance(cfg, AlignConfig):
@@ -162,6 +202,8 @@ def global_align(
         n_frames=n_frames,
         known_focal=known_focal,
         known_poses=known_poses,
+        known_mode=known_mode,
+        metric=metric,
     )
     dims = {"T": aligner.n_frames, "H": aligner.height, "W": aligner.width}
     if masks is not None:
@@ -177,11 +219,14 @@ def global_align(
     mst = aligner.init_mst()
     with torch.no_grad():
         init_loss = float(aligner())
+    if not math.isfinite(init_loss):
+        raise Easi3RRuntimeError(f"degenerate initialisation: the initial loss is {init_loss}")
     loss = run_optimisation(aligner, cfg, progress=progress)
     if cfg.iterations == 0:
         loss = init_loss
 
     with torch.no_grad():
+        _check_final_state(aligner)
         return Alignment(
             cam2world=aligner.get_cam2world().detach().clone(),
             focals=aligner.get_focals().detach().clone(),

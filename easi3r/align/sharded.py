@@ -35,7 +35,8 @@ from ..config import AlignConfig
 from ..distributed import DistContext, all_gather_objects
 from ..errors import Easi3RInputError
 from .flow import DISFlow, FlowProvider, compute_edge_flows, induced_flow, masked_smooth_l1_parts
-from .model import PointmapAligner, relative_pose_loss
+from .geometry import intrinsics_inverse
+from .model import PointmapAligner
 from .mst import MSTInit, edge_scores, image_confidence, mst_initialisation
 from .optimize import Alignment, learning_rate
 
@@ -81,12 +82,13 @@ class _ShardedAligner(PointmapAligner):
         self.ctx = ctx
         self.n_edges_total = n_edges_total
         self.im_conf = im_conf.to(self.im_conf)
+        self._counts_global_terms = ctx.is_main
 
     def get_pw_norm_scale_factor(self) -> Tensor:
         if not self.normalise_pw_scale:
             return self.pw_params.new_ones(())
         mean_log = _sum_with_grad(self.ctx, self.pw_params[:, -1].sum()) / self.n_edges_total
-        factor: Tensor = (math.log(self.config.base_scale) - mean_log).exp()
+        factor: Tensor = (math.log(self.scale_anchor) - mean_log).exp()
         return factor
 
     def alignment_loss(self) -> tuple[Tensor, Tensor]:
@@ -94,14 +96,13 @@ class _ShardedAligner(PointmapAligner):
         share = self.n_edges / self.n_edges_total
         return l_1 * share, l_2 * share
 
-    def flow_loss(self) -> Tensor:  # pragma: no cover - exercised with the flow term on
-        raise Easi3RInputError("the sharded aligner evaluates the flow term in forward()")
-
-    def _sharded_flow(self) -> Tensor:
+    def flow_loss(self) -> Tensor:
+        """The flow term over every process's pairs: the masked means' numerators and denominators are summed
+        across processes (the same value on every rank)."""
         if self.flow_12 is None or self.flow_21 is None or self.static_1 is None or self.static_2 is None:
             raise Easi3RInputError("set_flow() must be called before the flow term")
         pose, K, depth = self.get_cam2world(), self.get_intrinsics(), self.get_depthmaps()
-        K_inv = torch.linalg.inv(K)
+        K_inv = intrinsics_inverse(K)
         e1, e2 = self.edges[:, 0], self.edges[:, 1]
         thr = self.config.flow_pixel_threshold
         total = pose.new_zeros(())
@@ -109,32 +110,11 @@ class _ShardedAligner(PointmapAligner):
             (induced_flow(depth[e1], pose[e1], pose[e2], K_inv[e1], K[e2]), self.flow_12, self.static_1),
             (induced_flow(depth[e2], pose[e2], pose[e1], K_inv[e2], K[e1]), self.flow_21, self.static_2),
         ):
-            # masked_smooth_l1 = sum / (count + 1e-6) over all pairs: reduce numerator and denominator.
             part, count = masked_smooth_l1_parts(ego, obs, static, thr)
             numerator = _sum_with_grad(self.ctx, part)
             denominator = _all_reduce(self.ctx, count.detach().clone())
             total = total + numerator / (denominator + 1e-6)
         return total
-
-    def forward(self, iteration: int | None = None) -> Tensor:
-        l_1, l_2 = self.alignment_loss()
-        loss = l_1 + l_2
-        cfg = self.config
-        if cfg.temporal_smoothing_weight > 0 and self.ctx.is_main:
-            loss = loss + cfg.temporal_smoothing_weight * relative_pose_loss(
-                self.get_cam2world(), cfg.translation_weight
-            )
-        if (
-            self.flow_weight > 0
-            and self.flow_12 is not None
-            and (iteration is None or iteration >= self.flow_start_iteration)
-        ):
-            flow = self._sharded_flow()
-            if not (cfg.flow_threshold > 0 and float(flow.detach()) > cfg.flow_threshold):
-                # Every rank holds the full flow value: counted once, on rank 0. The others add it times 0 so that
-                # the backward pass still runs the all-reduce inside it on every rank.
-                loss = loss + self.flow_weight * (flow if self.ctx.is_main else flow * 0.0)
-        return loss
 
 
 def _needed_edges(edges: Tensor, scores: Tensor, n_frames: int) -> list[int]:
@@ -208,6 +188,7 @@ def sharded_global_align(
     images: np.ndarray | Tensor | None = None,
     masks: Tensor | None = None,
     flow_provider: FlowProvider | None = None,
+    metric: bool = False,
     progress: bool = True,
 ) -> Alignment:
     """:func:`~easi3r.align.optimize.global_align` with the pairs divided among the processes of ``ctx``.
@@ -217,7 +198,8 @@ def sharded_global_align(
         edges: ``(P, 2)`` all edges of the video (every rank passes the same).
         rows: ``(P_r,)`` int64 indices into ``edges`` of this rank's pairs.
         pts_1, pts_2: ``(P_r, H, W, 3)`` this rank's pairwise pointmaps; ``conf_1``, ``conf_2``: ``(P_r, H, W)``.
-        n_frames, config, images, masks, flow_provider, progress: as :func:`~easi3r.align.optimize.global_align`
+        n_frames, config, images, masks, flow_provider, metric, progress: as
+            :func:`~easi3r.align.optimize.global_align`
             (``images`` / ``masks`` of all frames).
 
     Returns:
@@ -230,7 +212,17 @@ def sharded_global_align(
     im_conf = image_confidence(edges[rows].to(conf_1.device), conf_1, conf_2, n_frames).cpu()
     im_conf = _all_reduce(ctx, im_conf, dist.ReduceOp.MAX)
     aligner = _ShardedAligner(
-        ctx, len(edges), im_conf, edges[rows], pts_1, pts_2, conf_1, conf_2, config=cfg, n_frames=n_frames
+        ctx,
+        len(edges),
+        im_conf,
+        edges[rows],
+        pts_1,
+        pts_2,
+        conf_1,
+        conf_2,
+        config=cfg,
+        n_frames=n_frames,
+        metric=metric,
     )
     if cfg.flow_weight > 0:
         if images is None:

@@ -32,6 +32,7 @@ from ..distributed import DistContext, all_gather_objects
 from ..errors import Easi3RInputError, Easi3RRuntimeError
 from .flow import FlowProvider
 from .geometry import depth_to_camera_points, pixel_grid, sim3_matrix, transform_points
+from .model import KnownMode
 from .mst import MSTEdge
 from .optimize import Alignment, global_align
 
@@ -279,9 +280,11 @@ def _overlap_sim3(
     masks: Tensor | None,
     conf_threshold: float,
     points_per_frame: int,
+    with_scale: bool = True,
 ) -> Sim3:
     """Sim(3) ``(s, R, t)`` (float64) mapping a window's world onto the reference world, fitted on its frames
-    already placed by earlier windows (see :func:`window_align`)."""
+    already placed by earlier windows (see :func:`window_align`); ``with_scale=False`` fits a rigid motion
+    (``s = 1``)."""
     shared = [f for f in frames if bool(stitched.placed[f])]
     g = torch.tensor(shared, device=stitched.depths.device)
     local = g - frames.start
@@ -305,9 +308,12 @@ def _overlap_sim3(
         weights.append(torch.ones(sel.numel(), dtype=torch.float64, device=sel.device))
         centre_weights.append(float(sel.numel()))
     w = torch.cat([torch.tensor(centre_weights, dtype=torch.float64, device=g.device), *weights])
-    rot, trans, scale = roma.rigid_points_registration(
-        torch.cat(src), torch.cat(dst), weights=w.to(src[0].device), compute_scaling=True
-    )
+    x, y, w = torch.cat(src), torch.cat(dst), w.to(src[0].device)
+    if with_scale:
+        rot, trans, scale = roma.rigid_points_registration(x, y, weights=w, compute_scaling=True)
+    else:
+        rot, trans = roma.rigid_points_registration(x, y, weights=w, compute_scaling=False)
+        scale = x.new_ones(())
     if not (bool(torch.isfinite(rot).all()) and bool(torch.isfinite(trans).all()) and float(scale) > 0):
         raise Easi3RRuntimeError(f"window {frames.start}-{frames.stop - 1}: degenerate Sim(3) on the overlap frames")
     return scale, rot, trans
@@ -340,9 +346,13 @@ def window_align(
     window: int,
     overlap: float,
     config: AlignConfig | None = None,
+    metric: bool = False,
     images: NDArray[Any] | Tensor | None = None,
     masks: Tensor | None = None,
     flow_provider: FlowProvider | None = None,
+    known_mode: KnownMode = "pin",
+    known_focal: float | Tensor | None = None,
+    known_poses: Tensor | None = None,
     progress: bool = True,
     conf_threshold: float | None = None,
     points_per_frame: int = 2048,
@@ -378,6 +388,12 @@ def window_align(
         images: ``(T, H, W, 3)`` uint8 RGB frames; needed only by the flow term.
         masks: ``(T, H, W)`` bool dynamic masks (excluded from the flow term and from the stitching points).
         flow_provider: observed-flow source of the flow term (default DIS).
+        known_focal: known focal(s) in pixels, scalar or ``(T,)``; each window gets the values of its frames.
+        known_poses: ``(T, 4, 4)`` known cam-to-world; each window gets those of its frames, so every window is
+            already in the known world and is taken as is (no stitching similarity; pinned poses come back exactly).
+        known_mode: ``"pin"`` or ``"init"``, per window as in :func:`~easi3r.align.optimize.global_align`.
+        metric: metric pointmaps: every window keeps the network's units (``global_align(metric=True)``) and the
+            windows are stitched by a rigid motion (``s = 1``) instead of a Sim(3).
         progress: tqdm bars over the windows and the iterations.
         conf_threshold: raw confidence above which a pixel may be a stitching point (default
             ``config.min_conf_thr``, the PnP threshold of the MST initialisation).
@@ -415,6 +431,11 @@ def window_align(
     if not _is_int(points_per_frame) or points_per_frame < 1:
         raise Easi3RInputError(f"points_per_frame must be an integer >= 1, got {points_per_frame!r}")
     threshold = cfg.min_conf_thr if conf_threshold is None else float(conf_threshold)
+    focal_all = None if known_focal is None else torch.as_tensor(known_focal).reshape(-1)
+    if focal_all is not None and focal_all.numel() not in (1, n_frames):
+        raise Easi3RInputError(f"known_focal must be a scalar or have shape ({n_frames},), got {focal_all.numel()}")
+    if known_poses is not None:
+        check_shape(known_poses, "T 4 4", "known_poses", dims={"T": n_frames})
 
     def align(frames: range) -> tuple[Tensor, Alignment]:
         idx = window_edge_indices(edges, frames)
@@ -428,6 +449,10 @@ def window_align(
             images=None if images is None else images[sl],
             masks=None if masks is None else masks[sl],
             flow_provider=flow_provider,
+            known_focal=None if focal_all is None else (focal_all if focal_all.numel() == 1 else focal_all[sl]),
+            known_poses=None if known_poses is None else known_poses[sl],
+            known_mode=known_mode,
+            metric=metric,
             progress=progress,
             n_frames=len(frames),
         )
@@ -458,7 +483,12 @@ def window_align(
         stitched = _Stitched.empty(n_frames, n_edges, result)
         stitched.add(windows[0], idx, result, None)
         for frames, (idx, result) in zip(windows[1:], results):
-            sim3 = _overlap_sim3(stitched, result, frames, masks, threshold, points_per_frame)
+            # with known poses every window is already in the known world: no stitching motion
+            sim3 = (
+                None
+                if known_poses is not None
+                else _overlap_sim3(stitched, result, frames, masks, threshold, points_per_frame, with_scale=not metric)
+            )
             stitched.add(frames, idx, result, sim3)
             bar.update()
     return stitched.alignment()
