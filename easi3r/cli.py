@@ -22,6 +22,7 @@ from . import __version__
 from . import config as config_mod
 from .config import AlignConfig, Easi3RConfig
 from .errors import Easi3RError, Easi3RInputError, first_line
+from .refine import DEFAULT_SAM2
 
 __all__ = ["build_parser", "main"]
 
@@ -30,12 +31,15 @@ __all__ = ["build_parser", "main"]
 _GROUPS: dict[str, tuple[str, ...]] = {
     "frames": ("image_size", "crop", "fps", "max_frames"),
     "pairs and network": ("graph", "window", "cyclic", "pair_batch_size"),
-    "segmentation": ("clusters", "cluster_seed", "threshold", "reweight"),
+    "segmentation": ("clusters", "cluster_seed", "threshold", "reweight", "sam2"),
     "alignment": ("alignment", "align_window", "align_overlap", "flow"),
     "export": ("export_conf_thr",),
 }
 #: Older spellings kept working.
 _ALIASES = {"pair_batch_size": ("--batch-size",)}
+#: Options whose value may be left out (``--sam2`` alone = the official SAM2.1-large weights): name -> value.
+_OPTIONAL_VALUE = {"sam2": DEFAULT_SAM2}
+_METAVARS = {"sam2": "PATH_OR_ID"}
 
 
 def _value_parser(annotation: Any) -> Callable[[str], Any]:
@@ -95,12 +99,16 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             text = f"{doc.replace('``', '')} (default: {default})".replace("%", "%%")
             kinds, literals, _ = config_mod._allowed(annotation)
             metavar = "{" + ",".join(map(str, literals)) + "}" if literals and not kinds else name.upper()
+            metavar = _METAVARS.get(name, metavar)
+            optional_value: dict[str, Any] = {}
+            if name in _OPTIONAL_VALUE:
+                optional_value = {"nargs": "?", "const": _OPTIONAL_VALUE[name]}
             if annotation is bool:
                 group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                    default=argparse.SUPPRESS, help=text)  # fmt: skip
             else:
                 group.add_argument(*flags, dest=name, type=_value_parser(annotation), default=argparse.SUPPRESS,
-                                   metavar=metavar, help=text)  # fmt: skip
+                                   metavar=metavar, help=text, **optional_value)  # fmt: skip
 
 
 def resolve_config(args: argparse.Namespace) -> Easi3RConfig:

@@ -196,6 +196,8 @@ class Easi3RConfig:
         align_overlap: fraction of a window shared with the next one, in [0, 1).
         export_conf_thr: raw-confidence threshold of the exported point clouds.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
+        sam2: SAM2 refinement of the attention masks: a local ``.pt`` checkpoint or a hub id
+            (``facebook/sam2.1-hiera-large``, the official weights); None (default) = no refinement.
     """
 
     image_size: int = field(default=512, metadata=_bounds(16))
@@ -217,6 +219,7 @@ class Easi3RConfig:
     align_overlap: float = field(default=0.5, metadata=_bounds(0, 1, hi_open=True))
     export_conf_thr: float = field(default=1.1, metadata=_bounds(0))
     device: str | None = None
+    sam2: str | None = None
 
     def __post_init__(self) -> None:
         validate_fields(self)

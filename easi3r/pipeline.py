@@ -44,6 +44,7 @@ from .distributed import DistContext, all_gather_objects, broadcast_object, gath
 from .errors import Easi3RInputError
 from .frames import Frames, is_video_path, load_frames
 from .pairs import make_pairs
+from .refine import RefinedMasks, SAM2VideoRefiner
 from .result import Reconstruction
 from .segment import MaskRefiner, Segmentation, apply_refiner, cluster_labels, segment
 
@@ -314,6 +315,8 @@ class Trace:
         cluster_labels: ``(T, h, w)`` int64 k-means labels (computed once, used by both segmentations).
         pass1, pass2: :class:`PassOutput` of both passes (``pass2`` is None when re-weighting is off).
         segmentation1, segmentation2: masks and maps of each pass (``segmentation2`` gives the final masks).
+        refined1, refined2: the SAM2 refinement of each pass's masks (None without SAM2): ``refined1.union``
+            re-weights pass 2, ``refined2.union`` is excluded from the flow term, ``refined2.sam2`` is output.
         alignment: the :class:`~easi3r.align.Alignment`; ``alignment_mode``: ``"global"`` or ``"window"``.
     """
 
@@ -326,6 +329,8 @@ class Trace:
     pass2: PassOutput | None = None
     segmentation1: Segmentation | None = None
     segmentation2: Segmentation | None = None
+    refined1: RefinedMasks | None = None
+    refined2: RefinedMasks | None = None
     alignment: Alignment | None = None
     alignment_mode: str | None = None
 
@@ -339,7 +344,10 @@ class Easi3R:
         device: ``None`` picks CUDA when available (overrides ``config.device``).
         config: an :class:`~easi3r.config.Easi3RConfig` (default: the official demo's settings).
         mask_refiner: optional callable ``(images (T,H,W,3) uint8, masks (T,H,W) bool) -> masks`` applied to the
-            attention masks of both passes (e.g. SAM2 propagation).
+            attention masks of both passes.
+        sam2_refiner: a :class:`~easi3r.refine.SAM2VideoRefiner` (default: built from ``config.sam2`` when set, before
+            any frame is read). Official semantics (``refine_motion_mask_w_sam2``): the union of SAM2 and
+            attention masks re-weights pass 2 and is excluded from the flow term; the SAM2 masks are output.
         flow_provider: optical flow for the alignment's flow term (default: OpenCV DIS).
         dist: the multi-process context (:func:`easi3r.distributed.init_distributed`). None: detected — under
             ``torchrun`` (or in a process group the caller initialised) this process joins it and uses
@@ -360,6 +368,7 @@ class Easi3R:
         *,
         mask_refiner: MaskRefiner | None = None,
         flow_provider: FlowProvider | None = None,
+        sam2_refiner: SAM2VideoRefiner | None = None,
         dist: DistContext | None = None,
         **overrides: Any,
     ) -> None:
@@ -377,6 +386,9 @@ class Easi3R:
         self.backbone_name = backbone if isinstance(backbone, str) else type(backbone).__name__
         self.mask_refiner = mask_refiner
         self.flow_provider = flow_provider
+        if sam2_refiner is None and self.config.sam2 is not None:
+            sam2_refiner = SAM2VideoRefiner.from_pretrained(self.config.sam2, device=self.device)
+        self.sam2 = sam2_refiner
 
     # -- stages --------------------------------------------------------------------------------------------------
     def load(self, frames: Any) -> Frames:
@@ -537,34 +549,41 @@ class Easi3R:
                          progress=progress, desc="pass 1 (attention)", ctx=self.dist)  # fmt: skip
         seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
         pointmaps = first.pointmaps
+        refined = self.sam2.refine(frames.rgb, seg_1.masks, progress=progress) if self.sam2 is not None else None
         if trace is not None:
-            trace.pass1, trace.segmentation1 = first, seg_1
+            trace.pass1, trace.segmentation1, trace.refined1 = first, seg_1, refined
         del first
-        reweight_masks = seg_1.masks if cfg.reweight else None
+        # With SAM2, the union (attention | SAM2) re-weights pass 2 (official: pass-1 aligner's dynamic_masks).
+        reweight_masks = (refined.union if refined is not None else seg_1.masks) if cfg.reweight else None
         if cfg.reweight:
             logger.debug("stage: pass 2")
-            second = run_pass(self.backbone, encoded, edges, masks=seg_1.masks, heads=mode == "global",
+            second = run_pass(self.backbone, encoded, edges, masks=reweight_masks, heads=mode == "global",
                               batch_size=batch, keep_maps=keep, progress=progress,
                               desc="pass 2 (re-weighted)", ctx=self.dist)  # fmt: skip
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, labels, frames, progress=progress, desc="masks (pass 2)")
             pointmaps = second.pointmaps
+            if self.sam2 is not None:
+                refined = self.sam2.refine(frames.rgb, seg.masks, progress=progress)
             if trace is not None:
-                trace.pass2, trace.segmentation2 = second, seg
+                trace.pass2, trace.segmentation2, trace.refined2 = second, seg, refined
             del second
+        # The flow term excludes the union; the SAM2 masks alone are output (official sam2_dynamic_masks).
+        flow_masks = refined.union if refined is not None else seg.masks
+        out_masks = refined.sam2 if refined is not None else seg.masks
 
         source = None
         if mode == "window":
             source = NetworkPointmaps(self.backbone, encoded, edges, reweight_masks, batch_size=batch)
         logger.debug("stage: alignment")
-        aligned = self.align(mode, edges, frames, seg.masks, pointmaps=pointmaps, source=source, progress=progress)
+        aligned = self.align(mode, edges, frames, flow_masks, pointmaps=pointmaps, source=source, progress=progress)
         del pointmaps, source, encoded
         if trace is not None:
             trace.alignment = aligned
         logger.debug("stage: assemble")
         return Reconstruction(
             images=frames.rgb,
-            masks=seg.masks.cpu().numpy(),
+            masks=out_masks.cpu().numpy(),
             dynamic_maps=seg.refined.cpu().numpy().astype(np.float32),
             attention={k: v.cpu().numpy().astype(np.float32) for k, v in seg.fused.as_dict().items()},
             cam2world=aligned.cam2world.detach().cpu().double().numpy(),

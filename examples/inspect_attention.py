@@ -26,7 +26,7 @@ if args.input is None:
     from easi3r.demo import demo_backbone, render_video
     from easi3r.frames import load_frames
 
-    frames = load_frames(render_video(6).frames, size=256)
+    frames = load_frames(render_video(6).frames, image_size=256)
     runner = Easi3R(backbone=demo_backbone(frames.images), image_size=256, iterations=0, flow=False)
 else:
     frames, runner = args.input, Easi3R(backbone=args.backbone, iterations=0, flow=False)

@@ -24,7 +24,7 @@ def main() -> None:
         from easi3r.demo import demo_backbone, render_video
         from easi3r.frames import load_frames
 
-        frames = load_frames(render_video(6).frames, size=256)
+        frames = load_frames(render_video(6).frames, image_size=256)
         runner = Easi3R(backbone=demo_backbone(frames.images), image_size=256, iterations=args.iterations)
     else:
         if args.input is None:

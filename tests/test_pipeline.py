@@ -177,7 +177,7 @@ def test_save_writes_every_documented_file(fixture_run, tmp_path):
 @pytest.fixture(scope="module")
 def small_video():
     video = render_video(4, 64, 48)
-    frames = load_frames(video.frames, size=64)
+    frames = load_frames(video.frames, image_size=64)
     return frames, demo_backbone(frames.images)
 
 
