@@ -580,7 +580,7 @@ def add_app_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "app", help="web app (Gradio): a video in; masks, cameras and the 4D scene out (easi3r[app])"
     )
-    p.add_argument("--backbone", default="dust3r",
+    p.add_argument("--backbone", default="monst3r",
                    help=f"default backbone of the page: registry name, hub id, checkpoint path or {DEMO_BACKBONE!r} "
                         "(random weights, no download)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")

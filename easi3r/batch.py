@@ -249,7 +249,7 @@ def run_many(
     inputs: Sequence[str | Path],
     out_root: str | Path,
     *,
-    backbone: str | Path | Backbone = "dust3r",
+    backbone: str | Path | Backbone = "monst3r",
     device: str | torch.device | None = None,
     overrides: dict[str, Any] | None = None,
     ctx: DistContext | None = None,
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="videos, image files or folders of frames")
     parser.add_argument("--out", required=True, help="output root (one folder per input, summary.json)")
-    parser.add_argument("--backbone", default="dust3r", help="registry name, hub repo id or checkpoint path")
+    parser.add_argument("--backbone", default="monst3r", help="registry name, hub repo id or checkpoint path")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
     parser.add_argument(
         "--set",
@@ -387,7 +387,7 @@ def run_command(
     inputs: Sequence[str | Path],
     out_root: str | Path,
     *,
-    backbone: str | Path = "dust3r",
+    backbone: str | Path = "monst3r",
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
     quiet: bool = False,

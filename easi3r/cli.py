@@ -32,7 +32,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "frames": ("image_size", "crop", "fps", "max_frames"),
     "pairs and network": ("graph", "window", "cyclic", "pair_batch_size"),
     "segmentation": ("clusters", "cluster_seed", "threshold", "reweight", "sam2"),
-    "alignment": ("alignment", "align_window", "align_overlap", "flow"),
+    "alignment": ("alignment", "align_window", "align_overlap", "flow", "flow_model", "flow_weights"),
     "export": ("export_conf_thr",),
 }
 #: Older spellings kept working.
@@ -203,7 +203,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise Easi3RInputError(f"input {path!r} does not exist")
     # Without --config, options left out keep the backbone's own defaults (e.g. its preprocessing).
     runner = Easi3R(backbone=args.backbone, device=args.device, config=base, **overrides)
-    rec = runner.run(inputs[0], progress=not args.quiet and runner.dist.is_main)
+    rec = runner.run(inputs[0], progress=not args.quiet and runner.dist.is_main, **_known_inputs(args))
     if not runner.dist.is_main:
         return 0  # one video on several processes: every rank holds the result, rank 0 writes it
     written = rec.save(args.out, progress=not args.quiet, **_save_options(args))
@@ -215,6 +215,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"at {rec.size[1]}x{rec.size[0]}; {len(written) + 1} outputs in {args.out}"
         )
     return 0
+
+
+def _known_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--masks`` / ``--intrinsics`` / ``--poses`` / ``--known-mode`` as :meth:`easi3r.Easi3R.run` arguments."""
+    import numpy as np
+
+    from .export.tum import read_tum
+
+    out: dict[str, Any] = {}
+    if args.masks is not None:
+        out["masks"] = args.masks
+    if args.intrinsics is not None:
+        try:
+            values = np.loadtxt(args.intrinsics, dtype=np.float64, ndmin=1)
+        except (OSError, ValueError) as err:
+            raise Easi3RInputError(f"cannot read intrinsics file {args.intrinsics!r}: {first_line(err)}") from None
+        if values.size == 1:
+            out["intrinsics"] = float(values.reshape(-1)[0])
+        elif values.size % 9 == 0:
+            out["intrinsics"] = values.reshape(-1, 3, 3) if values.size > 9 else values.reshape(3, 3)
+        else:
+            raise Easi3RInputError(f"{args.intrinsics!r}: expected one focal, a 3x3 matrix or rows of 9 values")
+    if args.poses is not None:
+        out["cam2world"] = read_tum(args.poses)[1]
+    if out:
+        out["known_mode"] = args.known_mode
+    return out
 
 
 def _save_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,14 +320,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output folder")
     run.add_argument(
         "--backbone",
-        default="dust3r",
-        help="registry name (dust3r, monst3r, ...), hub repo id or checkpoint path (default dust3r)",
+        default="monst3r",
+        help="registry name (monst3r, dust3r, mast3r, ...), hub repo id or checkpoint path (default monst3r)",
     )
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     run.add_argument(
         "--config", default=None, metavar="FILE", help="JSON or YAML configuration (e.g. a run's config.json)"
     )
     add_config_options(run)
+    known = run.add_argument_group("your own masks and cameras")
+    known.add_argument(
+        "--masks",
+        default=None,
+        metavar="DIR",
+        help="dynamic masks, one image per frame (any non-zero = dynamic), original or processed size",
+    )
+    known.add_argument(
+        "--intrinsics",
+        default=None,
+        metavar="FILE",
+        help="known intrinsics at the ORIGINAL resolution: a focal, or 3x3 / T rows of 9 values",
+    )
+    known.add_argument("--poses", default=None, metavar="FILE.tum", help="known camera-to-world poses (TUM file)")
+    known.add_argument(
+        "--known-mode",
+        choices=("pin", "init"),
+        default="pin",
+        help="pin the known cameras (default) or use them as the initialisation only",
+    )
     out = run.add_argument_group("output files")
     out.add_argument(
         "--layout",

@@ -189,6 +189,9 @@ class Easi3RConfig:
             re-weighting (the plain backbone's pointmaps are aligned).
         align: global alignment settings (see :class:`AlignConfig`).
         flow: use the optical-flow term in alignment (``align.flow_weight`` > 0).
+        flow_model: the observed flow of that term: ``"dis"`` (OpenCV DIS, no weights), ``"raft"`` or
+            ``"raft_small"`` (torchvision's RAFT: ``pip install easi3r[raft]`` and its weights).
+        flow_weights: a local RAFT weights file (default: torchvision's cache).
         alignment: ``"global"`` (all pairs at once, the official mode), ``"window"`` (MonST3R's window-wise mode:
             overlapping windows of frames aligned one at a time and stitched by Sim(3); only one window's pointmaps
             are resident) or ``"auto"`` (global up to ``align_window`` frames, window-wise beyond).
@@ -214,6 +217,8 @@ class Easi3RConfig:
     reweight: bool = True
     align: AlignConfig = field(default_factory=AlignConfig)
     flow: bool = True
+    flow_model: Literal["dis", "raft", "raft_small"] = "dis"
+    flow_weights: str | None = None
     alignment: Literal["global", "window", "auto"] = "auto"
     align_window: int = field(default=100, metadata=_bounds(2))
     align_overlap: float = field(default=0.5, metadata=_bounds(0, 1, hi_open=True))

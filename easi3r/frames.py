@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -87,6 +87,7 @@ class Frames:
             ``images`` was made from.
         fps: frame rate of the kept video frames (``video_fps / interval``); None for images and arrays,
             and for videos that report no frame rate.
+        image_size: the long side the frames were preprocessed to (the ``image_size`` of :func:`load_frames`).
         crop: the frames were centre-cropped (True, official default) or resized without cropping (False);
             :meth:`easi3r.result.Reconstruction.intrinsics_at` needs it to undo the preprocessing.
     """
@@ -98,6 +99,7 @@ class Frames:
     rgb: NDArray[np.uint8]
     fps: float | None = None
     crop: bool = True
+    image_size: int = 512
 
     def __post_init__(self) -> None:
         dims = check_shape(self.images, "T 3 H W", "Frames.images")
@@ -443,7 +445,12 @@ def _list_folder(folder: Path) -> list[Path]:
 
 
 def _assemble(
-    arrays: list[NDArray[np.uint8]], names: list[str], sizes: list[tuple[int, int]], fps: float | None, crop: bool
+    arrays: list[NDArray[np.uint8]],
+    names: list[str],
+    sizes: list[tuple[int, int]],
+    fps: float | None,
+    crop: bool,
+    image_size: int,
 ) -> Frames:
     first = arrays[0].shape[:2]
     for a, n in zip(arrays, names):
@@ -457,7 +464,10 @@ def _assemble(
     x = torch.from_numpy(u8).permute(0, 3, 1, 2).to(torch.float32).div(255)
     images = x.sub(0.5).div(0.5).contiguous()
     true_shape = torch.tensor([list(first)] * len(arrays), dtype=torch.int64)
-    return Frames(images=images, true_shape=true_shape, names=names, original_sizes=sizes, rgb=u8, fps=fps, crop=crop)
+    return Frames(
+        images=images, true_shape=true_shape, names=names, original_sizes=sizes, rgb=u8, fps=fps, crop=crop,
+        image_size=image_size,
+    )  # fmt: skip
 
 
 def load_frames(
@@ -515,7 +525,7 @@ def load_frames(
             items: Sequence[object] = _list_folder(path)
         elif _suffix(path) in VIDEO_EXTENSIONS:
             arrays, names, sizes, video_fps = _read_video(path, int(image_size), fps, limit, crop)
-            return _assemble(arrays, names, sizes, video_fps, crop)
+            return _assemble(arrays, names, sizes, video_fps, crop, int(image_size))
         elif _suffix(path) in IMAGE_EXTENSIONS:
             items = [path]
         else:
@@ -550,4 +560,103 @@ def load_frames(
         sizes.append((int(img.size[0]), int(img.size[1])))
         arrays.append(preprocess_image(img, int(image_size), name=name, crop=crop))
         names.append(name)
-    return _assemble(arrays, names, sizes, None, crop)
+    return _assemble(arrays, names, sizes, None, crop, int(image_size))
+
+
+MaskSource = str | os.PathLike[str] | NDArray[Any] | Sequence[Any]
+
+
+def _mask_to_processed(mask: Image.Image, frames: Frames, t: int, name: str) -> NDArray[np.bool_]:
+    """One user mask at the processed or the original resolution -> ``(H, W)`` bool at the processed one."""
+    h, w = frames.size
+    if mask.size == (w, h):
+        return np.asarray(mask) > 0
+    if mask.size != tuple(frames.original_sizes[t]):
+        w0, h0 = frames.original_sizes[t]
+        raise Easi3RInputError(
+            f"mask {name!r} is {mask.size[0]}x{mask.size[1]} px; expected the frame's original size {w0}x{h0} or "
+            f"the processed size {w}x{h}"
+        )
+    # As the official loader: the mask is resized (and cropped) like its frame, then any non-zero value is dynamic.
+    grey = np.asarray(mask, dtype=np.uint8)
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+    out = preprocess_image(rgb, frames.image_size, name=name, crop=frames.crop)[..., 0]
+    return out > 0
+
+
+def load_masks(source: MaskSource, frames: Frames) -> NDArray[np.bool_]:
+    """User-given dynamic masks for ``frames`` (the official ``use_gt_davis_masks`` / ``dynamic_mask_root``).
+
+    Args:
+        source: a folder of mask images (sorted by name, one per frame), a list of image paths or ``(H, W)``
+            arrays, or a ``(T, H, W)`` array; any non-zero value is dynamic. Each mask is at the frame's original
+            resolution (then resized and cropped exactly like the frame, as the official loader does) or at the
+            processed one.
+        frames: the loaded frames the masks belong to.
+
+    Returns:
+        ``(T, H, W)`` bool masks at the processed resolution.
+
+    Raises:
+        Easi3RInputError: a missing folder, a count that differs from the frames', an unreadable file or a mask of
+            neither size.
+    """
+    items: list[Any]
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise Easi3RInputError(f"mask folder {str(folder)!r} does not exist")
+        items = _list_folder(folder)
+    elif isinstance(source, np.ndarray):
+        items = list(source) if source.ndim == 3 else [source]
+    else:
+        items = list(source)
+    if len(items) != len(frames):
+        raise Easi3RInputError(f"got {len(items)} masks for {len(frames)} frames; give one mask per frame")
+    out = []
+    for t, item in enumerate(items):
+        if isinstance(item, (str, os.PathLike)):
+            name = Path(item).name
+            try:
+                with Image.open(item) as im:
+                    mask = im.convert("L")
+            except (OSError, ValueError) as err:
+                raise Easi3RInputError(f"cannot read mask {str(item)!r}: {first_line(err)}") from None
+        else:
+            name = f"mask_{t}"
+            arr = np.asarray(item)
+            check_shape(arr, "H W", f"mask {t}")
+            mask = Image.fromarray((arr != 0).astype(np.uint8) * 255)
+        out.append(_mask_to_processed(mask, frames, t, name))
+    return np.stack(out)
+
+
+def processed_focals(intrinsics: Any, frames: Frames) -> NDArray[np.float64]:
+    """Known intrinsics at the frames' **original** resolution -> ``(T,)`` focals in processed pixels.
+
+    The most frequent DUSt3R user error is passing intrinsics of another resolution; here they are given at the
+    original one and mapped through the preprocessing (:func:`preprocess_transform`): ``f = (s_x f_x + s_y f_y)/2``.
+
+    Args:
+        intrinsics: a focal in pixels (scalar or ``(T,)``), or ``(3, 3)`` / ``(T, 3, 3)`` matrices.
+        frames: the loaded frames (their original sizes, image size and crop rule).
+
+    Raises:
+        Easi3RInputError: a shape that fits neither form, or non-positive / non-finite focals.
+    """
+    k = np.asarray(intrinsics, dtype=np.float64)
+    n = len(frames)
+    if k.ndim <= 1:
+        fx = fy = np.broadcast_to(k, (n,)) if k.size in (1, n) else None
+        if fx is None:
+            raise Easi3RInputError(f"known focal must be a scalar or have {n} values, got shape {k.shape}")
+    else:
+        k = np.broadcast_to(k, (n, 3, 3)) if k.shape == (3, 3) else k
+        check_shape(k, "T 3 3", "intrinsics", dims={"T": n})
+        fx, fy = k[:, 0, 0], k[:, 1, 1]
+    scales = np.array([np.diag(preprocess_transform((int(w0), int(h0)), frames.image_size, crop=frames.crop)[0])[:2]
+                       for w0, h0 in frames.original_sizes])  # fmt: skip
+    focals = (scales[:, 0] * fx + scales[:, 1] * fy) / 2
+    if not (np.isfinite(focals).all() and (focals > 0).all()):
+        raise Easi3RInputError("known intrinsics must have positive, finite focals")
+    return np.ascontiguousarray(focals)

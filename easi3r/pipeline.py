@@ -34,7 +34,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_finite, check_shape
 from .align import Alignment, FlowProvider, global_align, window_align
+from .align.flow import make_flow_provider
+from .align.model import KnownMode
 from .align.sharded import sharded_global_align
 from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
@@ -42,7 +45,7 @@ from .config import Easi3RConfig
 from .device import resolve_device
 from .distributed import DistContext, all_gather_objects, broadcast_object, gather_objects, init_distributed
 from .errors import Easi3RInputError
-from .frames import Frames, is_video_path, load_frames
+from .frames import Frames, MaskSource, is_video_path, load_frames, load_masks, processed_focals
 from .pairs import make_pairs
 from .refine import RefinedMasks, SAM2VideoRefiner
 from .result import Reconstruction
@@ -362,7 +365,7 @@ class Easi3R:
 
     def __init__(
         self,
-        backbone: str | Backbone = "dust3r",
+        backbone: str | Backbone = "monst3r",
         device: str | torch.device | None = None,
         config: Easi3RConfig | None = None,
         *,
@@ -385,6 +388,11 @@ class Easi3R:
             self.config = dataclasses.replace(self.config, **chosen)
         self.backbone_name = backbone if isinstance(backbone, str) else type(backbone).__name__
         self.mask_refiner = mask_refiner
+        if flow_provider is None and self.config.flow and self.config.flow_model != "dis":
+            # Built now, so that missing weights or torchvision fail before any frame is read.
+            flow_provider = make_flow_provider(
+                self.config.flow_model, weights=self.config.flow_weights, device=self.device
+            )
         self.flow_provider = flow_provider
         if sam2_refiner is None and self.config.sam2 is not None:
             sam2_refiner = SAM2VideoRefiner.from_pretrained(self.config.sam2, device=self.device)
@@ -455,10 +463,14 @@ class Easi3R:
         pointmaps: PairPointmaps | None,
         source: NetworkPointmaps | None,
         progress: bool = True,
+        **known: Any,
     ) -> Alignment:
-        """Global (every pair's pointmaps at once) or window-wise alignment (pointmaps fetched per window)."""
+        """Global (every pair's pointmaps at once) or window-wise alignment (pointmaps fetched per window).
+
+        ``known``: ``known_focal`` / ``known_poses`` / ``known_mode`` of :func:`~easi3r.align.global_align`."""
         cfg = self.config
         common: dict[str, Any] = dict(
+            **known,
             config=cfg.align_config(),
             images=frames.rgb,
             masks=masks.to(self.device),
@@ -514,12 +526,48 @@ class Easi3R:
             **common,
         )
 
+    def _known_cameras(self, frames: Frames, intrinsics: Any, cam2world: Any, mode: str) -> dict[str, Any]:
+        """The alignment's ``known_*`` arguments from user cameras (intrinsics at the original resolution)."""
+        if mode not in ("pin", "init"):
+            raise Easi3RInputError(f"known_mode must be 'pin' or 'init', got {mode!r}")
+        known: dict[str, Any] = {}
+        if intrinsics is not None:
+            known["known_focal"] = torch.from_numpy(processed_focals(intrinsics, frames)).float().to(self.device)
+        if cam2world is not None:
+            poses = torch.as_tensor(np.asarray(cam2world, dtype=np.float32))
+            check_shape(poses, "T 4 4", "cam2world", dims={"T": len(frames)})
+            check_finite(poses, "cam2world")
+            known["known_poses"] = poses.to(self.device)
+        if known:
+            known["known_mode"] = mode
+        return known
+
     # -- the whole method ---------------------------------------------------------------------------------------
-    def run(self, frames: Any, *, progress: bool = True, trace: Trace | None = None) -> Reconstruction:
+    def run(
+        self,
+        frames: Any,
+        *,
+        masks: MaskSource | None = None,
+        intrinsics: Any = None,
+        cam2world: Any = None,
+        known_mode: KnownMode = "pin",
+        progress: bool = True,
+        trace: Trace | None = None,
+    ) -> Reconstruction:
         """Run Easi3R on ``frames`` (folder, video, list of paths/arrays/PIL images, ``(T,H,W,3)`` array, Frames).
 
         Args:
             frames: the video.
+            masks: your own dynamic masks (the official ``use_gt_davis_masks``): a folder of PNGs (one per frame,
+                sorted by name), a list of paths / ``(H, W)`` arrays or a ``(T, H, W)`` array; any non-zero value is
+                dynamic; at the frames' original or processed resolution (see :func:`easi3r.frames.load_masks`).
+                Pass 1 is skipped, pass 2 re-weights with them, the flow term excludes them and they are the
+                output masks.
+            intrinsics: known intrinsics at the frames' **original** resolution: a focal in pixels (scalar or
+                ``(T,)``) or ``(3, 3)`` / ``(T, 3, 3)`` matrices; rescaled to the processed resolution.
+            cam2world: known ``(T, 4, 4)`` camera-to-world poses (OpenCV axes).
+            known_mode: ``"pin"`` (the known values are kept exactly) or ``"init"`` (they initialise the
+                optimisation, which refines them; official ``preset_pose(..., requires_grad=True)``).
             progress: tqdm bars for every stage.
             trace: a :class:`Trace` to fill with the intermediates (attention statistics, masks of both passes,
                 pointmaps, alignment state). Without one, nothing beyond the outputs is kept.
@@ -530,6 +578,9 @@ class Easi3R:
         cfg = self.config
         logger.debug("stage: load")
         frames = self.load(frames)
+        # Everything the user gave is checked here, before any network work.
+        given = None if masks is None else torch.from_numpy(load_masks(masks, frames))
+        known = self._known_cameras(frames, intrinsics, cam2world, known_mode)
         edges = self.pairs(len(frames))
         mode = cfg.alignment_mode(len(frames))
         logger.debug("stage: encode (%d frames, %d pairs, %s alignment)", len(frames), len(edges), mode)
@@ -543,19 +594,25 @@ class Easi3R:
             trace.features = encoded.token_grid().cpu()
 
         # Pointmaps come from the last pass (pass 2, or pass 1 without re-weighting), and only in global mode.
-        heads_1 = mode == "global" and not cfg.reweight
-        logger.debug("stage: pass 1")
-        first = run_pass(self.backbone, encoded, edges, heads=heads_1, batch_size=batch, keep_maps=keep,
-                         progress=progress, desc="pass 1 (attention)", ctx=self.dist)  # fmt: skip
-        seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
-        pointmaps = first.pointmaps
-        refined = self.sam2.refine(frames.rgb, seg_1.masks, progress=progress) if self.sam2 is not None else None
-        if trace is not None:
-            trace.pass1, trace.segmentation1, trace.refined1 = first, seg_1, refined
-        del first
-        # With SAM2, the union (attention | SAM2) re-weights pass 2 (official: pass-1 aligner's dynamic_masks).
-        reweight_masks = (refined.union if refined is not None else seg_1.masks) if cfg.reweight else None
-        if cfg.reweight:
+        pointmaps, refined, reweight_masks = None, None, given
+        if given is None:
+            heads_1 = mode == "global" and not cfg.reweight
+            logger.debug("stage: pass 1")
+            first = run_pass(self.backbone, encoded, edges, heads=heads_1, batch_size=batch, keep_maps=keep,
+                             progress=progress, desc="pass 1 (attention)", ctx=self.dist)  # fmt: skip
+            seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
+            pointmaps = first.pointmaps
+            if self.sam2 is not None:
+                refined = self.sam2.refine(frames.rgb, seg_1.masks, progress=progress)
+            if trace is not None:
+                trace.pass1, trace.segmentation1, trace.refined1 = first, seg_1, refined
+            del first
+            # With SAM2, the union (attention | SAM2) re-weights pass 2 (official: pass-1 aligner's dynamic_masks).
+            reweight_masks = refined.union if refined is not None else seg_1.masks
+        if not cfg.reweight:
+            reweight_masks = None
+        if cfg.reweight or given is not None:
+            # With given masks pass 1 is skipped: this pass re-weights with them (or is the plain pass).
             logger.debug("stage: pass 2")
             second = run_pass(self.backbone, encoded, edges, masks=reweight_masks, heads=mode == "global",
                               batch_size=batch, keep_maps=keep, progress=progress,
@@ -563,11 +620,14 @@ class Easi3R:
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, labels, frames, progress=progress, desc="masks (pass 2)")
             pointmaps = second.pointmaps
-            if self.sam2 is not None:
+            if self.sam2 is not None and given is None:
                 refined = self.sam2.refine(frames.rgb, seg.masks, progress=progress)
             if trace is not None:
                 trace.pass2, trace.segmentation2, trace.refined2 = second, seg, refined
             del second
+        if given is not None:
+            # Official use_gt_davis_masks: the given masks re-weight, are excluded from the flow term and are output.
+            seg.masks = given
         # The flow term excludes the union; the SAM2 masks alone are output (official sam2_dynamic_masks).
         flow_masks = refined.union if refined is not None else seg.masks
         out_masks = refined.sam2 if refined is not None else seg.masks
@@ -576,7 +636,9 @@ class Easi3R:
         if mode == "window":
             source = NetworkPointmaps(self.backbone, encoded, edges, reweight_masks, batch_size=batch)
         logger.debug("stage: alignment")
-        aligned = self.align(mode, edges, frames, flow_masks, pointmaps=pointmaps, source=source, progress=progress)
+        aligned = self.align(
+            mode, edges, frames, flow_masks, pointmaps=pointmaps, source=source, progress=progress, **known
+        )
         del pointmaps, source, encoded
         if trace is not None:
             trace.alignment = aligned

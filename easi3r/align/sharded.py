@@ -36,7 +36,7 @@ from ..distributed import DistContext, all_gather_objects
 from ..errors import Easi3RInputError
 from .flow import DISFlow, FlowProvider, compute_edge_flows, induced_flow, masked_smooth_l1_parts
 from .geometry import intrinsics_inverse
-from .model import PointmapAligner
+from .model import KnownMode, PointmapAligner
 from .mst import MSTInit, edge_scores, image_confidence, mst_initialisation
 from .optimize import Alignment, learning_rate
 
@@ -189,6 +189,9 @@ def sharded_global_align(
     masks: Tensor | None = None,
     flow_provider: FlowProvider | None = None,
     metric: bool = False,
+    known_focal: float | Tensor | None = None,
+    known_poses: Tensor | None = None,
+    known_mode: KnownMode = "pin",
     progress: bool = True,
 ) -> Alignment:
     """:func:`~easi3r.align.optimize.global_align` with the pairs divided among the processes of ``ctx``.
@@ -198,7 +201,7 @@ def sharded_global_align(
         edges: ``(P, 2)`` all edges of the video (every rank passes the same).
         rows: ``(P_r,)`` int64 indices into ``edges`` of this rank's pairs.
         pts_1, pts_2: ``(P_r, H, W, 3)`` this rank's pairwise pointmaps; ``conf_1``, ``conf_2``: ``(P_r, H, W)``.
-        n_frames, config, images, masks, flow_provider, metric, progress: as
+        n_frames, config, images, masks, flow_provider, metric, known_focal, known_poses, known_mode, progress: as
             :func:`~easi3r.align.optimize.global_align`
             (``images`` / ``masks`` of all frames).
 
@@ -223,6 +226,9 @@ def sharded_global_align(
         config=cfg,
         n_frames=n_frames,
         metric=metric,
+        known_focal=known_focal,
+        known_poses=known_poses,
+        known_mode=known_mode,
     )
     if cfg.flow_weight > 0:
         if images is None:

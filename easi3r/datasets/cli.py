@@ -27,7 +27,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("dataset", metavar="DATASET", help=f"one of {names} (aliases: tum, iphone)")
     parser.add_argument("--root", required=True, help="dataset root in the official layout (see the README)")
     parser.add_argument("--out", required=True, help="output folder: runs/, eval/, results.csv, results.md")
-    parser.add_argument("--backbone", default="dust3r", help="registry name, hub repo id or checkpoint path")
+    parser.add_argument("--backbone", default="monst3r", help="registry name, hub repo id or checkpoint path")
     parser.add_argument(
         "--subset", default=None, help="DAVIS: davis16, davis17 or all (default all); any dataset: seq_a,seq_b"
     )
