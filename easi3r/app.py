@@ -128,7 +128,7 @@ class AppSettings:
         demo_frames: frames of the synthetic demo clip.
     """
 
-    backbone: str = "dust3r"
+    backbone: str = "monst3r"
     image_size: int = 512
     max_frames: int | None = 200
     fps: float | None = None

@@ -499,7 +499,7 @@ def run_benchmark(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    backbone: str | os.PathLike[str] = "dust3r",
+    backbone: str | os.PathLike[str] = "monst3r",
     subset: str | None = None,
     overrides: dict[str, Any] | None = None,
     predictions: str | os.PathLike[str] | None = None,
