@@ -19,7 +19,7 @@ from ..config import AlignConfig
 from ..errors import Easi3RInputError, Easi3RRuntimeError
 from .flow import DISFlow, FlowProvider, compute_edge_flows
 from .model import KnownMode, PointmapAligner
-from .mst import MSTEdge
+from .mst import MSTEdge, MSTInit
 
 __all__ = ["Alignment", "global_align", "learning_rate", "run_optimisation"]
 
@@ -54,6 +54,35 @@ class Alignment:
     init_loss: float
     mst_log: list[MSTEdge] = field(default_factory=list)
     pnp_frames: list[int] = field(default_factory=list)
+
+    @classmethod
+    @torch.no_grad()
+    def from_aligner(
+        cls,
+        aligner: PointmapAligner,
+        *,
+        loss: float,
+        init_loss: float,
+        mst: MSTInit,
+        pw_poses: Tensor | None = None,
+        pw_scale: Tensor | None = None,
+    ) -> Alignment:
+        """The result of an optimised aligner (per-edge ``pw_poses`` / ``pw_scale`` from it unless given)."""
+        return cls(
+            cam2world=aligner.get_cam2world().detach().clone(),
+            focals=aligner.get_focals().detach().clone(),
+            principal_points=aligner.get_principal_points().detach().clone(),
+            intrinsics=aligner.get_intrinsics().detach(),
+            depths=aligner.get_depthmaps().detach(),
+            points=aligner.get_pts3d().detach(),
+            confidence=aligner.get_conf().detach().clone(),
+            pw_poses=aligner.get_pw_poses().detach() if pw_poses is None else pw_poses,
+            pw_scale=aligner.get_pw_scale().detach() if pw_scale is None else pw_scale,
+            loss=loss,
+            init_loss=init_loss,
+            mst_log=list(mst.log),
+            pnp_frames=list(mst.pnp_frames),
+        )
 
 
 def learning_rate(iteration: int, iterations: int, lr: float, lr_min: float, schedule: str = "linear") -> float:
@@ -128,6 +157,32 @@ def _check_final_state(aligner: PointmapAligner) -> None:
         if bad:
             kind = "non-finite or non-positive" if positive else "non-finite"
             raise Easi3RRuntimeError(f"global alignment degenerated: {kind} {name} for frame(s) {bad}")
+
+
+def attach_flow(
+    aligner: PointmapAligner,
+    images: np.ndarray | Tensor | None,
+    masks: Tensor | None,
+    flow_provider: FlowProvider | None,
+) -> None:
+    """Check ``masks`` and, when the config's flow weight is > 0, compute every edge's observed flow on
+    ``images`` (``(T, H, W, 3)`` uint8) and attach the flow term to ``aligner`` (official flow loss, from
+    ``iterations * flow_start`` on).
+
+    Raises:
+        Easi3RInputError: masks or images of the wrong shape, or no images while the flow term is on.
+    """
+    cfg = aligner.config
+    dims = {"T": aligner.n_frames, "H": aligner.height, "W": aligner.width}
+    if masks is not None:
+        check_shape(masks, "T H W", "masks", dims=dims)
+    if cfg.flow_weight > 0:
+        if images is None:
+            raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")
+        check_shape(images, "T H W 3", "images", dims=dims)
+        provider = DISFlow() if flow_provider is None else flow_provider
+        flow_12, flow_21 = compute_edge_flows(images, aligner.edges, provider, device=aligner.grid.device)
+        aligner.set_flow(flow_12, flow_21, masks, start_iteration=cfg.iterations * cfg.flow_start)
 
 
 def global_align(
@@ -205,16 +260,7 @@ def global_align(
         known_mode=known_mode,
         metric=metric,
     )
-    dims = {"T": aligner.n_frames, "H": aligner.height, "W": aligner.width}
-    if masks is not None:
-        check_shape(masks, "T H W", "masks", dims=dims)
-    if cfg.flow_weight > 0:
-        if images is None:
-            raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")
-        check_shape(images, "T H W 3", "images", dims=dims)
-        provider = DISFlow() if flow_provider is None else flow_provider
-        flow_12, flow_21 = compute_edge_flows(images, aligner.edges, provider, device=pts_1.device)
-        aligner.set_flow(flow_12, flow_21, masks, start_iteration=cfg.iterations * cfg.flow_start)
+    attach_flow(aligner, images, masks, flow_provider)
 
     mst = aligner.init_mst()
     with torch.no_grad():
@@ -227,18 +273,4 @@ def global_align(
 
     with torch.no_grad():
         _check_final_state(aligner)
-        return Alignment(
-            cam2world=aligner.get_cam2world().detach().clone(),
-            focals=aligner.get_focals().detach().clone(),
-            principal_points=aligner.get_principal_points().detach().clone(),
-            intrinsics=aligner.get_intrinsics().detach(),
-            depths=aligner.get_depthmaps().detach(),
-            points=aligner.get_pts3d().detach(),
-            confidence=aligner.get_conf().detach().clone(),
-            pw_poses=aligner.get_pw_poses().detach(),
-            pw_scale=aligner.get_pw_scale().detach(),
-            loss=loss,
-            init_loss=init_loss,
-            mst_log=list(mst.log),
-            pnp_frames=list(mst.pnp_frames),
-        )
+        return Alignment.from_aligner(aligner, loss=loss, init_loss=init_loss, mst=mst)

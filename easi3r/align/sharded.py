@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 from ..config import AlignConfig
 from ..distributed import DistContext, all_gather_objects
 from ..errors import Easi3RInputError
-from .flow import DISFlow, FlowProvider, compute_edge_flows, induced_flow, masked_smooth_l1_parts
+from .flow import FlowProvider, induced_flow, masked_smooth_l1_parts
 from .geometry import intrinsics_inverse
 from .model import KnownMode, PointmapAligner
 from .mst import MSTInit, edge_scores, image_confidence, mst_initialisation
-from .optimize import Alignment, learning_rate
+from .optimize import Alignment, attach_flow, learning_rate
 
 __all__ = ["sharded_global_align"]
 
@@ -214,28 +214,10 @@ def sharded_global_align(
         raise Easi3RInputError("sharded_global_align needs a process group of several ranks")
     im_conf = image_confidence(edges[rows].to(conf_1.device), conf_1, conf_2, n_frames).cpu()
     im_conf = _all_reduce(ctx, im_conf, dist.ReduceOp.MAX)
-    aligner = _ShardedAligner(
-        ctx,
-        len(edges),
-        im_conf,
-        edges[rows],
-        pts_1,
-        pts_2,
-        conf_1,
-        conf_2,
-        config=cfg,
-        n_frames=n_frames,
-        metric=metric,
-        known_focal=known_focal,
-        known_poses=known_poses,
-        known_mode=known_mode,
-    )
-    if cfg.flow_weight > 0:
-        if images is None:
-            raise Easi3RInputError("images are required when config.flow_weight > 0 (set flow_weight=0 to skip)")
-        provider = DISFlow() if flow_provider is None else flow_provider
-        flow_12, flow_21 = compute_edge_flows(images, aligner.edges, provider, device=pts_1.device)
-        aligner.set_flow(flow_12, flow_21, masks, start_iteration=cfg.iterations * cfg.flow_start)
+    known = dict(known_focal=known_focal, known_poses=known_poses, known_mode=known_mode)
+    own = (edges[rows], pts_1, pts_2, conf_1, conf_2)
+    aligner = _ShardedAligner(ctx, len(edges), im_conf, *own, config=cfg, n_frames=n_frames, metric=metric, **known)
+    attach_flow(aligner, images, masks, flow_provider)
     mst = _sharded_init(aligner, edges, rows)
     with torch.no_grad():
         init_loss = float(_all_reduce(ctx, aligner().detach().cpu().reshape(1))[0])
@@ -264,18 +246,8 @@ def sharded_global_align(
         pw = all_gather_objects(ctx, (rows.cpu(), aligner.get_pw_poses().cpu(), aligner.get_pw_scale().cpu()))
         order = torch.argsort(torch.cat([r for r, _, _ in pw]))
         dev = aligner.grid.device
-        return Alignment(
-            cam2world=aligner.get_cam2world().detach().clone(),
-            focals=aligner.get_focals().detach().clone(),
-            principal_points=aligner.get_principal_points().detach().clone(),
-            intrinsics=aligner.get_intrinsics().detach(),
-            depths=aligner.get_depthmaps().detach(),
-            points=aligner.get_pts3d().detach(),
-            confidence=aligner.get_conf().detach().clone(),
-            pw_poses=torch.cat([p for _, p, _ in pw])[order].to(dev),
-            pw_scale=torch.cat([s for _, _, s in pw])[order].to(dev),
-            loss=loss_value,
-            init_loss=init_loss,
-            mst_log=list(mst.log),
-            pnp_frames=list(mst.pnp_frames),
+        poses = torch.cat([p for _, p, _ in pw])[order].to(dev)
+        scales = torch.cat([s for _, _, s in pw])[order].to(dev)
+        return Alignment.from_aligner(
+            aligner, loss=loss_value, init_loss=init_loss, mst=mst, pw_poses=poses, pw_scale=scales
         )
