@@ -148,3 +148,21 @@ def test_missing_input_and_debug_traceback(tmp_path: Path, capsys: pytest.Captur
     assert err.strip().splitlines() == [f"error: input {str(tmp_path / 'nope')!r} does not exist"]
     assert main(["--debug", "run", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_degenerate_frames_end_to_end_from_the_cli(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All-white frames (hardening item 1) through ``easi3r run``: a finite result, never a raw linear-algebra
+    error or a traceback."""
+    folder = tmp_path / "white"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((48, 64, 3), 255, np.uint8)).save(folder / f"{k}.png")
+    code = main(["run", str(folder), "--out", str(tmp_path / "o"), "--backbone", str(tiny_checkpoint), *FAST])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "LinAlgError" not in err
+    assert code == 0, err
+    rec = np.load(tmp_path / "o" / "reconstruction.npz")
+    assert np.isfinite(rec["cam2world"]).all() and np.isfinite(rec["depths"]).all()
+    assert (rec["intrinsics"][:, 0, 0] > 0).all()
