@@ -150,7 +150,8 @@ def _sharded_init(aligner: _ShardedAligner, edges_all: Tensor, rows: Tensor) -> 
     need = _needed_edges(edges_all, scores, n)
     local = {int(r): k for k, r in enumerate(rows.tolist())}
     mine = {
-        e: tuple(t[local[e]].cpu() for t in (aligner.pred_1, aligner.pred_2, aligner.conf_1, aligner.conf_2))
+        # clone: a pickled view would carry its whole storage (every pair of this rank) to every rank
+        e: tuple(t[local[e]].cpu().clone() for t in (aligner.pred_1, aligner.pred_2, aligner.conf_1, aligner.conf_2))
         for e in need
         if e in local
     }
