@@ -58,7 +58,8 @@ def test_every_config_field_is_an_option() -> None:
                 continue
             default = getattr(defaults, f.name)
             special = {"fps": ("--{} 2.5", 2.5), "max_frames": ("--{} 50", 50), "threshold": ("--{} 0.3", 0.3),
-                       "image_size": ("--{} 224", 224)}  # fmt: skip
+                       "image_size": ("--{} 224", 224), "flow_weights": ("--{} raft.pth", "raft.pth"),
+                       "sam2": ("--{} sam2.1_hiera_tiny.pt", "sam2.1_hiera_tiny.pt")}  # fmt: skip
             if f.name in special:
                 spelled, value = special[f.name]
             else:
