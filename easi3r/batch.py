@@ -209,7 +209,11 @@ class _Worker:
 
     def model(self) -> Easi3R:
         if self.runner is None:
-            self.runner = Easi3R(self.backbone, device=self.device, **self.overrides)
+            # Each rank reconstructs its own inputs alone: an explicit one-process context, or the runner would
+            # join the batch's process group and wait in collectives for ranks busy with other inputs.
+            self.runner = Easi3R(
+                self.backbone, device=self.device, dist=DistContext.single(self.device), **self.overrides
+            )
         return self.runner
 
     def process(self, source: Path, name: str, folder: Path, counted: int) -> InputResult:

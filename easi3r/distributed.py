@@ -115,14 +115,19 @@ def _rank_device(device: str | torch.device | None, local_rank: int) -> torch.de
     """``device`` for a rank: None or a bare ``"cuda"`` means this node's GPU ``cuda:{local_rank}``."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = resolve_device(f"cuda:{local_rank}")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise Easi3RInputError(
-            f"local rank {local_rank} wants {dev} but this node has {torch.cuda.device_count()} GPU(s): start at "
-            "most one process per GPU (torchrun --nproc-per-node), or pass device='cpu'"
-        )
+    try:
+        index = torch.device(device).index
+    except (RuntimeError, TypeError):
+        index = None  # resolve_device gives the typed error
+    # The index is checked here rather than by resolve_device: a rank's message names its local rank and the fix.
+    dev = resolve_device(device if index is None else torch.device(device).type)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if index is None else index)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise Easi3RInputError(
+                f"local rank {local_rank} wants {dev} but this node has {torch.cuda.device_count()} GPU(s): start "
+                "at most one process per GPU (torchrun --nproc-per-node), or pass device='cpu'"
+            )
     return dev
 
 

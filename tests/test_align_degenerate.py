@@ -21,6 +21,7 @@ from PIL import Image
 from easi3r import Easi3R
 from easi3r.align import global_align
 from easi3r.align.geometry import default_focal, intrinsics_inverse, is_plausible_focal, procrustes
+from easi3r.align.mst import ransac_pnp
 from easi3r.config import AlignConfig
 from easi3r.errors import Easi3RInputError, Easi3RRuntimeError
 
@@ -113,6 +114,17 @@ def test_procrustes_refuses_rank_deficient_sets() -> None:
     pts = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
     with pytest.raises(Easi3RRuntimeError, match=r"all points coincide \(target side\)"):
         procrustes(pts, torch.zeros_like(pts), w)
+    # A cloud 1e-5 wide, 3 units from the origin (a frame placed by an MST chain whose scale drifted) registers,
+    # to the precision its float32 coordinates hold (~1e-5 / 3 units is ~40 ulps wide).
+    offset = torch.tensor([-2.5, 2.1, 2.5])
+    s, R, t = procrustes(pts, offset + 1e-5 * pts, w, what="drifted chain")
+    assert abs(float(s) / 1e-5 - 1) < 1e-2 and torch.allclose(R, torch.eye(3), atol=1e-2)
+    # ... but a spread of a few float32 ulps is representation noise: coincident. In float64 (the MST chain's
+    # dtype) the same cloud keeps ~1e8 ulps and registers exactly.
+    with pytest.raises(Easi3RRuntimeError, match=r"all points coincide \(target side\)"):
+        procrustes(pts, offset + 1e-7 * pts, w)
+    s, R, t = procrustes(pts, offset.double() + 1e-7 * pts.double(), w)
+    assert abs(float(s) / 1e-7 - 1) < 1e-6 and torch.allclose(R, torch.eye(3), atol=1e-6)
     planar = pts.clone()
     planar[:, 2] = 0  # rank 2 still pins a similarity
     s, R, t = procrustes(planar, 2 * planar + 1, w)
@@ -160,3 +172,10 @@ def test_end_to_end_degenerate_inputs_at_64px(kind: str) -> None:
 @pytest.mark.filterwarnings("ignore:frame\\(s\\) .* single pair:UserWarning")
 def test_end_to_end_all_white_at_512px() -> None:
     _assert_reconstruction_finite(_e2e(np.full((3, 384, 512, 3), 255, np.uint8), 512), 512)
+
+
+def test_pnp_on_a_collapsed_cloud_finds_no_pose_instead_of_an_opencv_error() -> None:
+    # A cloud ~1e-9 wide 3 units away is a single point once OpenCV casts it to float32: SQPnP asserts on it.
+    g = torch.Generator().manual_seed(0)
+    pts = torch.tensor([-2.5, 2.1, 2.5]).double() + 1e-9 * torch.randn(12, 16, 3, generator=g).double()
+    assert ransac_pnp(pts, 16.0, torch.ones(12, 16, dtype=torch.bool), iterations=10, reprojection_error=5.0) is None

@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_parsers_defaults_and_options():
     args = _parser().parse_args(["app"])
-    assert (args.host, args.port, args.backbone, args.image_size, args.flow) == ("127.0.0.1", 7860, "dust3r", 512, True)
+    defaults = (args.host, args.port, args.backbone, args.image_size, args.flow)
+    assert defaults == ("127.0.0.1", 7860, "monst3r", 512, True)
     args = _parser().parse_args(["app", "--backbone", "demo", "--port", "9000", "--no-flow", "--iterations", "3"])
     assert (args.backbone, args.port, args.flow, args.iterations, args.func) == ("demo", 9000, False, 3, app._cmd_app)
     args = _parser().parse_args(["view", "out", "--port", "8081", "--point-size", "0.02"])
@@ -81,7 +82,7 @@ def test_write_zip_holds_the_folder_without_temp_files(tmp_path):
     (out / "masks").mkdir(parents=True)
     (out / "a.txt").write_text("a")
     (out / "masks" / "00000.png").write_bytes(b"png")
-    (out / ".b.txt.x1.tmp.txt").write_text("partial")
+    (out / ".b.txt.k2j9x_0a.tmp.txt").write_text("partial")  # the shape atomic_path gives a temp file
     path = app.write_zip(out, tmp_path / "out.zip")
     with zipfile.ZipFile(path) as zf:
         assert sorted(zf.namelist()) == ["easi3r_output/a.txt", "easi3r_output/masks/00000.png"]

@@ -142,7 +142,7 @@ def test_ground_truth_as_prediction_is_perfect(tmp_path: Path, name: str) -> Non
     assert [r["sequence"] for r in rows][:2] == list(DEFAULT_SEQUENCES[name])
     assert rows[-1]["sequence"] == "mean" and rows[0]["status"] == "ok"
     md = (out / "results.md").read_text()
-    assert "| Easi3R (dust3r) |" in md and "## Configuration" in md and get_spec(name).source in md
+    assert "| Easi3R (monst3r) |" in md and "## Configuration" in md and get_spec(name).source in md
     per_seq = json.loads((out / "eval" / f"{DEFAULT_SEQUENCES[name][0]}.json").read_text())
     assert per_seq["status"] == "ok" and per_seq["frames"] == 4
 

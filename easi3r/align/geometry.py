@@ -118,20 +118,27 @@ def depth_to_camera_points(depth: Tensor, focal: Tensor, principal_point: Tensor
     return torch.cat((d * centred / focal[:, None, None], d), dim=-1)
 
 
-#: Relative spread below which a point set counts as collinear (or coincident) for :func:`procrustes`: the second
-#: largest eigenvalue of its weighted covariance over the largest (float64).
+#: Relative spread below which a point set counts as collinear for :func:`procrustes`: the second largest eigenvalue
+#: of its weighted covariance over the largest (float64).
 RANK_TOLERANCE = 1e-10
+#: Spread below which a point set counts as coincident for :func:`procrustes`: a weighted standard deviation of at
+#: most this many ulps (of the points' own dtype) of its largest coordinate; a smaller spread is representation
+#: noise. Relative to the coordinates' precision, not to their magnitude: an MST chain whose scale drifted
+#: (untrained weights, long windows) places a frame's float64 points in a tiny cloud far from the origin that still
+#: registers.
+COINCIDENT_ULPS = 8.0
 
 
-def _spread_degeneracy(points: Tensor, weights: Tensor) -> str | None:
-    """Why ``(B, N, 3)`` weighted points cannot pin a similarity (None when they can): every point equal, or all
-    on one line (the rotation about that line is then undetermined)."""
+def _spread_degeneracy(points: Tensor, weights: Tensor, eps: float) -> str | None:
+    """Why ``(B, N, 3)`` weighted points cannot pin a similarity (None when they can): every point equal (to
+    :data:`COINCIDENT_ULPS` x ``eps`` relative), or all on one line (the rotation about that line is then
+    undetermined)."""
     w = weights / weights.sum(dim=-1, keepdim=True)
     centred = points - (w[..., None] * points).sum(dim=-2, keepdim=True)
     cov = torch.einsum("bn,bni,bnj->bij", w, centred, centred)
     eig = torch.linalg.eigvalsh(cov)  # ascending
-    scale = points.abs().amax(dim=(-2, -1)).clamp(min=1e-30) ** 2
-    if bool((eig[:, 2] <= RANK_TOLERANCE * scale).any()):
+    floor = (COINCIDENT_ULPS * eps * points.abs().amax(dim=(-2, -1))).clamp(min=1e-30)
+    if bool((eig[:, 2] <= floor**2).any()):
         return "all points coincide"
     if bool((eig[:, 1] <= RANK_TOLERANCE * eig[:, 2]).any()):
         return "the points are collinear"
@@ -156,8 +163,8 @@ def procrustes(
 
     Raises:
         Easi3RRuntimeError: the registration is undetermined (rank-deficient): zero total weight, source or target
-            points all equal or collinear (weighted covariance eigenvalues ``l_2 <= 1e-10 l_1``), or a non-finite
-            or non-positive scale.
+            points all equal (spread within :data:`COINCIDENT_ULPS` ulps of their dtype) or collinear (weighted
+            covariance eigenvalues ``l_2 <= 1e-10 l_1``), or a non-finite or non-positive scale.
     """
     if batched:
         b = source.shape[0]
@@ -167,11 +174,12 @@ def procrustes(
     # Accumulated in float64: in float32 the ~2e5-term sums land on BLAS SGEMM, whose rounding depends on the code
     # path (ISA dispatch, thread count) by up to 1e-4 relative in the scale (measured on MKL: AVX-512 vs
     # MKL_CBWR=COMPATIBLE, 1 vs 2 threads), which then moves every chained pose.
+    eps = {"source": torch.finfo(x.dtype).eps, "target": torch.finfo(y.dtype).eps}
     x, y, w = x.double(), y.double(), w.double()
     if bool((w.sum(dim=-1) <= 0).any()):
         raise Easi3RRuntimeError(f"degenerate registration of {what}: zero total weight (no confident points)")
     for name, pts in (("source", x), ("target", y)):
-        why = _spread_degeneracy(pts.reshape(-1, *pts.shape[-2:]), w.reshape(-1, w.shape[-1]))
+        why = _spread_degeneracy(pts.reshape(-1, *pts.shape[-2:]), w.reshape(-1, w.shape[-1]), eps[name])
         if why is not None:
             raise Easi3RRuntimeError(f"degenerate registration of {what}: {why} ({name} side)")
     rot, trans, scale = roma.rigid_points_registration(x, y, weights=w, compute_scaling=True)

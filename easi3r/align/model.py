@@ -632,7 +632,7 @@ class PointmapAligner(nn.Module):
         points = mst.points.reshape(n, h * w, 3).clone()
 
         if self.known_poses is not None:
-            s, R, T = align_poses_sim3(poses, self.known_poses)
+            s, R, T = align_poses_sim3(poses, self.known_poses.to(poses.dtype))
             trf = sim3_matrix(s, R, T)
             poses = trf @ poses
             poses[:, :3, :3] /= s  # keep rotations orthonormal: the scale only acts on the centres

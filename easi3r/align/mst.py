@@ -83,9 +83,9 @@ class MSTInit:
     """Result of :func:`mst_initialisation` (before the pairwise-pose fit and the scale normalisation).
 
     Attributes:
-        points: ``(T, H, W, 3)`` chained world points of every frame (the root frame's camera is the world).
+        points: ``(T, H, W, 3)`` float64 chained world points of every frame (the root frame's camera is the world).
         focals: ``T`` focal lengths in pixels (Python floats, as the reference keeps them).
-        cam2world: ``(T, 4, 4)`` initial camera-to-world poses (rotation + translation, no scale).
+        cam2world: ``(T, 4, 4)`` float64 initial camera-to-world poses (rotation + translation, no scale).
         log: the tree walk in processing order (root first).
         pnp_frames: frames whose pose came from RANSAC-PnP (or a test's override of it), in frame order.
         pnp_results: the cam-to-world returned for each of ``pnp_frames`` (None where PnP failed).
@@ -181,15 +181,20 @@ def ransac_pnp(
     obj, img = pts[msk], pixels[msk]
     for f in candidates:
         K = np.array([(f, 0, w / 2), (0, f, h / 2), (0, 0, 1)], dtype=np.float32)
-        ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-            obj,
-            img,
-            K,
-            None,
-            iterationsCount=iterations,
-            reprojectionError=reprojection_error,
-            flags=cv2.SOLVEPNP_SQPNP,
-        )
+        try:
+            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+                obj,
+                img,
+                K,
+                None,
+                iterationsCount=iterations,
+                reprojectionError=reprojection_error,
+                flags=cv2.SOLVEPNP_SQPNP,
+            )
+        except cv2.error:
+            # SQPnP asserts on points it cannot condition (e.g. a cloud collapsed to a few ulps): no solution at
+            # this focal, like a failed RANSAC, rather than a raw OpenCV error.
+            continue
         if not ok or inliers is None:
             continue
         if best is None or len(inliers) > best[0].size:
@@ -264,7 +269,9 @@ def mst_initialisation(
             :func:`~easi3r.align.geometry.procrustes`).
     """
     n_frames = im_conf.shape[0]
-    device, dtype = pts_1.device, pts_1.dtype
+    # The chain is walked in float64: each edge multiplies in its scale, and where the scales drift (untrained
+    # weights, long windows) float32 world points of a far frame would collapse into a cloud a few ulps wide.
+    device, dtype = pts_1.device, torch.float64
     edge_list = [(int(i), int(j)) for i, j in edges.tolist()]
     # A repeated edge keeps its last occurrence, as the official dict keyed by "i_j" does.
     index = {e: k for k, e in enumerate(edge_list)}
@@ -298,8 +305,8 @@ def mst_initialisation(
 
     score, i, j = todo.pop()
     key = (i, j)
-    points[i] = pts_1[index[key]].clone()
-    points[j] = pts_2[index[key]].clone()
+    points[i] = pts_1[index[key]].to(dtype)
+    points[j] = pts_2[index[key]].to(dtype)
     poses[i] = torch.eye(4, dtype=dtype, device=device)
     focals[i] = focal_of(i, key)
     done = {i, j}
@@ -314,13 +321,13 @@ def mst_initialisation(
             key = (i, j)
             e = index[key]
             if i in done:
-                s, R, T = procrustes(pts_1[e], _placed(points, i), conf_1[e], what=f"tree edge ({i}, {j})")
-                points[j] = transform_points(sim3_matrix(s, R, T), pts_2[e])
+                s, R, T = procrustes(pts_1[e].to(dtype), _placed(points, i), conf_1[e], what=f"tree edge ({i}, {j})")
+                points[j] = transform_points(sim3_matrix(s, R, T), pts_2[e].to(dtype))
                 done.add(j)
                 log.append(MSTEdge(i, j, score, placed_1=False, placed_2=True))
             else:
-                s, R, T = procrustes(pts_2[e], _placed(points, j), conf_2[e], what=f"tree edge ({i}, {j})")
-                points[i] = transform_points(sim3_matrix(s, R, T), pts_1[e])
+                s, R, T = procrustes(pts_2[e].to(dtype), _placed(points, j), conf_2[e], what=f"tree edge ({i}, {j})")
+                points[i] = transform_points(sim3_matrix(s, R, T), pts_1[e].to(dtype))
                 done.add(i)
                 log.append(MSTEdge(i, j, score, placed_1=True, placed_2=False))
             # Both branches give view 1's camera-to-world: pts_1 and pts_2 live in camera i's frame.
