@@ -1,4 +1,5 @@
-"""The DPT head of the published DUSt3R ViT-L architecture: contiguous (NCHW) vs channels-last convolutions.
+"""The DPT head of the published DUSt3R ViT-L architecture: contiguous (NCHW) vs channels-last convolutions
+(``DPTHead(channels_last=False / True)``).
 
 Not a test. One head (view 1's, random weights) on random decoder tokens of ``B`` pairs at 512x336 (21 x 32 tokens),
 timed after one warm-up call, each variant in a fresh subprocess so that the resident-set peak (sampled every
@@ -31,7 +32,7 @@ def child(variant: str, batch: int, device_name: str, repeats: int) -> None:
 
     device = torch.device(device_name)
     torch.manual_seed(0)
-    head = DPTHead(enc_dim=1024, dec_dim=768, dec_depth=12).eval().requires_grad_(False)
+    head = DPTHead(1024, 768, 12, channels_last=variant == "channels_last").eval().requires_grad_(False)
     randomize_weights_(head)
     head = head.to(device)
     n = (SIZE[0] // 16) * (SIZE[1] // 16)
@@ -39,8 +40,6 @@ def child(variant: str, batch: int, device_name: str, repeats: int) -> None:
     tokens: list[torch.Tensor | None] = [None] * 13
     for hook, dim in zip(head.hooks, (1024, 768, 768, 768)):
         tokens[hook] = torch.randn(batch, n, dim, generator=g).to(device)
-    if variant == "channels_last":
-        head = head.to(memory_format=torch.channels_last)
 
     def run() -> torch.Tensor:
         with torch.inference_mode():

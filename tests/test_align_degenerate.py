@@ -9,6 +9,7 @@ frames, a real 3-frame clip at 64 px), whose pointmaps give a zero focal estimat
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from PIL import Image
 
 from easi3r import Easi3R
 from easi3r.align import global_align
-from easi3r.align.geometry import default_focal, intrinsics_inverse, is_plausible_focal, procrustes
-from easi3r.align.mst import ransac_pnp
+from easi3r.align.geometry import default_focal, intrinsics_inverse, is_plausible_focal, pixel_grid, procrustes
+from easi3r.align.mst import ROBUST_PNP_ITERATIONS, ransac_pnp
 from easi3r.config import AlignConfig
 from easi3r.errors import Easi3RInputError, Easi3RRuntimeError
 
@@ -179,3 +180,29 @@ def test_pnp_on_a_collapsed_cloud_finds_no_pose_instead_of_an_opencv_error() -> 
     g = torch.Generator().manual_seed(0)
     pts = torch.tensor([-2.5, 2.1, 2.5]).double() + 1e-9 * torch.randn(12, 16, 3, generator=g).double()
     assert ransac_pnp(pts, 16.0, torch.ones(12, 16, dtype=torch.bool), iterations=10, reprojection_error=5.0) is None
+
+
+def test_robust_pnp_poses_a_frame_with_outliers_closer_to_the_truth() -> None:
+    """``robust_init``'s PnP (>= 1000 RANSAC iterations, then Levenberg-Marquardt on the inliers) against the
+    official 10 iterations, on a frame whose world points carry 2 mm noise and 20 % gross outliers."""
+    h, w, f = 48, 64, 60.0
+    g = torch.Generator().manual_seed(0)
+    pix = pixel_grid(h, w, dtype=torch.float64)
+    depth = 3 + torch.rand(h, w, generator=g, dtype=torch.float64)
+    cam = torch.stack([(pix[..., 0] - w / 2) / f * depth, (pix[..., 1] - h / 2) / f * depth, depth], -1)
+    c, s = math.cos(0.2), math.sin(0.2)
+    cam2world = torch.eye(4, dtype=torch.float64)
+    cam2world[:3, :3] = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
+    cam2world[:3, 3] = torch.tensor([0.3, -0.1, 0.5], dtype=torch.float64)
+    world = cam @ cam2world[:3, :3].T + cam2world[:3, 3]
+    world += 0.002 * torch.randn(world.shape, generator=g, dtype=torch.float64)
+    outliers = torch.rand(h, w, generator=g) < 0.2
+    world[outliers] += torch.randn(int(outliers.sum()), 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(h, w, dtype=torch.bool)
+    errors = []
+    for iterations, refine in ((10, False), (ROBUST_PNP_ITERATIONS, True)):
+        res = ransac_pnp(world.float(), f, mask, iterations=iterations, reprojection_error=5.0, refine=refine)
+        assert res is not None
+        errors.append(float((res[1].double() - cam2world).abs().max()))
+    official, robust = errors
+    assert robust < 0.8 * official, errors  # measured 8.7e-3 -> 6.0e-3

@@ -13,6 +13,7 @@ from helpers.checkpoints import dust3r_config_to_official, save_pretrained_folde
 from easi3r import CheckpointError, Easi3RInputError, load_backbone
 from easi3r.backbones import PRETRAINED, DUSt3R, DUSt3RConfig, create_backbone
 from easi3r.backbones._reference import ScoreMatrixRecorder, reference_attention
+from easi3r.backbones.heads import DPTHead
 from easi3r.backbones.layers import CrossAttention, RoPE2D, SelfAttention, attention, check_head_dim
 from easi3r.backbones.reweight import TokenMasks
 
@@ -373,3 +374,16 @@ def test_bad_architecture_raises_checkpoint_errors():
     _raises_one_line(CheckpointError, "head dim", check_head_dim, 30, 4)
     check_head_dim(32, 4)
     _raises_one_line(CheckpointError, "divisible by 4", RoPE2D(), torch.zeros(1, 2, 5, 6), torch.zeros(1, 5, 2).long())
+
+
+def test_channels_last_dpt_head_matches_the_nchw_reference(device):
+    torch.manual_seed(0)
+    fast = DPTHead(32, 48, 4).to(device).eval()
+    slow = DPTHead(32, 48, 4, channels_last=False).to(device).eval()  # the official NCHW layout
+    slow.load_state_dict(fast.state_dict())
+    assert fast.channels_last
+    tokens = [torch.randn(2, 6 * 8, 32 if k == 0 else 48, device=device) for k in range(5)]
+    with torch.no_grad():
+        a, b = fast(tokens, (96, 128)), slow(tokens, (96, 128))
+    assert a.shape == (2, 4, 96, 128) and a.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

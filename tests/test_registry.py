@@ -261,14 +261,18 @@ def test_wrong_typed_config_values_name_the_field(tmp_path, field, value, form):
 
 
 def test_loaded_weights_are_the_checkpoint_tensors():
-    """Built on the meta device, the network's parameters are the state-dict tensors themselves (no copy); the
-    outputs equal those of the copying path."""
+    """Built on the meta device, the network's parameters are the state-dict tensors themselves (no copy), except
+    the DPT heads' convolution kernels, re-laid out channels-last (equal values); the outputs equal those of the
+    copying path."""
     config, sd = read_checkpoint(REF / "tiny_dust3r.pth")
     arch = DUSt3RConfig.from_official(config)
     assigned = build_with_weights(lambda: DUSt3R(arch), sd, "tiny")
     params = dict(assigned.named_parameters(remove_duplicate=False))
-    for key in ("enc_blocks.0.attn.qkv.weight", "downstream_head1.dpt.scratch.layer_rn.0.weight"):
+    for key in ("enc_blocks.0.attn.qkv.weight", "downstream_head1.dpt.head.0.bias"):
         assert params[key].data_ptr() == sd[key].data_ptr()
+    kernel = params["downstream_head1.dpt.scratch.layer_rn.0.weight"]
+    assert kernel.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(kernel, sd["downstream_head1.dpt.scratch.layer_rn.0.weight"])
     copied = DUSt3R(arch)
     load_weights(copied, sd)
     assert copied.enc_norm.weight.data_ptr() != sd["enc_norm.weight"].data_ptr()
