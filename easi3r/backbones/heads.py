@@ -157,10 +157,15 @@ class DPTHead(nn.Module):
             # CPU (oneDNN) and cuDNN pick their NHWC kernels from the weights' layout, not only the input's. Loading a
             # checkpoint (``load_state_dict(assign=True)``) replaces the weights, so the layout is set again after it.
             self._to_channels_last()
-            self.register_load_state_dict_post_hook(lambda module, _keys: module._to_channels_last())
+            self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]  # untyped in torch
+                lambda module, _keys: module._to_channels_last()
+            )
 
+    @torch.no_grad()
     def _to_channels_last(self) -> None:
-        self.to(memory_format=torch.channels_last)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
     def forward(self, tokens: Sequence[Tensor | None], size: tuple[int, int]) -> Tensor:
         """Raw ``(B, 4, H, W)`` map of images of ``size = (H, W)`` pixels.
