@@ -47,6 +47,7 @@ def _build(device: str, fused: bool, frames: int, arch: str) -> tuple[Any, Any, 
     import torch
 
     from easi3r.backbones import DUSt3RConfig, create_backbone
+    from easi3r.backbones.heads import DPTHead
     from easi3r.demo import render_video
 
     torch.manual_seed(0)
@@ -54,6 +55,12 @@ def _build(device: str, fused: bool, frames: int, arch: str) -> tuple[Any, Any, 
                                                        dec_embed_dim=48, dec_depth=4, dec_num_heads=4)  # fmt: skip
     net = create_backbone(cfg, fused_attention=fused).eval().requires_grad_(False)
     randomize_weights_(net)
+    if not fused:  # the naive variant: the official NCHW layout of the DPT heads too
+        for module in net.modules():
+            if isinstance(module, DPTHead):
+                module.channels_last = False
+            elif isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.weight.data = module.weight.data.contiguous()
     video = render_video(frames, WIDTH, HEIGHT, seed=0)
     return net.to(device), video.frames, torch.device(device)
 
