@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_during, randomize_weights_, rss_bytes  # noqa: E402
+from common import naive_pass, peak_rss_during, randomize_weights_, rss_bytes  # noqa: E402
 
 WIDTH, HEIGHT = 512, 336
 
@@ -121,7 +121,6 @@ def _naive(net: Any, frames: Any, device: Any, flow: bool, iterations: int) -> d
     from easi3r.align.model import relative_pose_loss
     from easi3r.align.optimize import attach_flow, learning_rate
     from easi3r.attention import dynamic_map, fuse_attention
-    from easi3r.backbones import ScoreMatrixRecorder
     from easi3r.segment import cluster_fuse, compute_masks
 
     # Only the loader and the settings come from the pipeline (same frames, pairs and alignment config).
@@ -136,17 +135,7 @@ def _naive(net: Any, frames: Any, device: Any, flow: bool, iterations: int) -> d
     n = len(loaded)
 
     def one_pass(masks: Any) -> list[Any]:
-        stored = []
-        with torch.inference_mode():
-            for i, j in edges.tolist():
-                probe = ScoreMatrixRecorder()  # every layer's full logits, as the official attention keeps them
-                m1 = masks[i : i + 1] if masks is not None else None
-                m2 = masks[j : j + 1] if masks is not None else None
-                enc_1 = net.encode(images[i : i + 1])  # re-encoded for every pair, as the official code does
-                pred = net.forward_pair(enc_1, images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe)
-                stored.append((pred, enc_1.token_grid()[0]))
-                del probe
-        return stored
+        return naive_pass(net, images, edges, masks)
 
     def masks_of(stored: list[Any]) -> Any:
         maps1 = torch.cat([p.cross_attn_1 for p, _ in stored]).cpu()

@@ -23,11 +23,11 @@ import sys
 import time
 
 import torch
-from common import peak_rss_during, randomize_weights_
+from common import naive_pass, peak_rss_during, randomize_weights_
 
 from easi3r._reference import aggregate_attention
 from easi3r.attention import dynamic_map, fuse_attention
-from easi3r.backbones import DUSt3R, DUSt3RConfig, ScoreMatrixRecorder, create_backbone
+from easi3r.backbones import DUSt3R, DUSt3RConfig, create_backbone
 from easi3r.pairs import make_pairs
 from easi3r.pipeline import encode_frames, run_pass
 from easi3r.segment import cluster_fuse, cluster_labels, compute_masks, segment
@@ -72,17 +72,7 @@ def easi3r_passes(net, images, edges):
 
 def naive_passes(net, images, edges):
     def one_pass(masks):
-        stored = []
-        with torch.inference_mode():
-            for i, j in edges.tolist():
-                probe = ScoreMatrixRecorder()  # every layer's full logits, as the official attention keeps them
-                m1 = masks[i : i + 1] if masks is not None else None
-                m2 = masks[j : j + 1] if masks is not None else None
-                enc_1 = net.encode(images[i : i + 1])  # re-encoded for every pair, as the official code does
-                pred = net.forward_pair(enc_1, images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe)
-                stored.append((pred, enc_1.token_grid()[0]))
-                del probe
-        return stored
+        return naive_pass(net, images, edges, masks)
 
     def masks_of(stored):
         maps1 = torch.cat([p.cross_attn_1 for p, _ in stored])

@@ -62,3 +62,24 @@ def randomize_weights_(net, seed: int = 0) -> None:
                 gain = 1.5 if any(k in name for k in ("attn.qkv", "projq", "projk")) else 1.0
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) * gain / fan_in**0.5)
+
+
+def naive_pass(net, images, edges, masks=None) -> list:
+    """One pass the way the official code runs it: per pair, both images encoded again, every layer's full score
+    matrix recorded (:class:`~easi3r.backbones.ScoreMatrixRecorder`), heads run; returns ``[(prediction, view-1
+    token grid (h, w, C)), ...]`` in edge order, all kept."""
+    import torch
+
+    from easi3r.backbones import ScoreMatrixRecorder
+
+    stored = []
+    with torch.inference_mode():
+        for i, j in edges.tolist():
+            probe = ScoreMatrixRecorder()  # every layer's full logits, as the official attention keeps them
+            m1 = masks[i : i + 1] if masks is not None else None
+            m2 = masks[j : j + 1] if masks is not None else None
+            enc_1 = net.encode(images[i : i + 1])  # re-encoded for every pair, as the official code does
+            pred = net.forward_pair(enc_1, images[j : j + 1], dynamic_mask1=m1, dynamic_mask2=m2, probe=probe)
+            stored.append((pred, enc_1.token_grid()[0]))
+            del probe
+    return stored
