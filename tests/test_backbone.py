@@ -247,6 +247,24 @@ def test_readout_equals_mean_of_score_matrices():
     assert silent.extras == {} and fast.extras == {}
 
 
+def test_readout_without_heads_skips_the_last_layer_and_equals_the_full_pass():
+    net = small_net()
+    img = torch.randn(2, 3, 48, 64)
+    calls: list[str] = []
+    last_1, last_2 = net.dec_blocks[-1], net.dec_blocks2[-1]
+    for name, module in [("mlp", last_1.mlp), ("mlp2", last_2.mlp), ("proj", last_1.cross_attn.projv)]:
+        module.register_forward_hook(lambda *_args, name=name: calls.append(name))
+    with torch.no_grad():
+        full = net.forward_pair(img[:1], img[1:], heads=True)
+        assert sorted(calls) == ["mlp", "mlp2", "proj"]
+        calls.clear()
+        readout_only = net.forward_pair(img[:1], img[1:], heads=False)
+    assert calls == []  # the last layer's values, attention product and MLP are not computed
+    # Bit-identical: the readout of the last layer is computed by the same operations.
+    assert torch.equal(readout_only.cross_attn_1, full.cross_attn_1)
+    assert torch.equal(readout_only.cross_attn_2, full.cross_attn_2)
+
+
 def _attention_paths(net: torch.nn.Module) -> set[bool]:
     return {m.fused for m in net.modules() if isinstance(m, (SelfAttention, CrossAttention))}
 

@@ -216,15 +216,24 @@ class CrossAttention(_MultiHeadAttention):
         ``probe`` receives the rotated q and k (see :data:`~easi3r.backbones.base.AttentionProbe`); ``reweight``
         (dynamic query / key tokens) enables the re-weighting.
         """
-        q = _split_heads(self.projq(query), self.num_heads)
-        k = _split_heads(self.projk(key), self.num_heads)
+        q, k = self._queries_keys(query, key, qpos, kpos)
         v = _split_heads(self.projv(value), self.num_heads)
-        q, k = self._rotate(q, k, qpos, kpos)
         if probe is not None:
             probe(q, k, self.scale)
         out = attention(q, k, v, scale=self.scale, reweight=reweight, fused=self.fused)
         projected: Tensor = self.proj(_merge_heads(out))
         return projected
+
+    def readout(self, query: Tensor, key: Tensor, qpos: Tensor, kpos: Tensor, probe: AttentionProbe) -> None:
+        """Only hand the rotated q and k to ``probe`` (same values as :meth:`forward` would): for a layer whose
+        output nobody reads, the values, the attention and the output projection are skipped."""
+        q, k = self._queries_keys(query, key, qpos, kpos)
+        probe(q, k, self.scale)
+
+    def _queries_keys(self, query: Tensor, key: Tensor, qpos: Tensor, kpos: Tensor) -> tuple[Tensor, Tensor]:
+        q = _split_heads(self.projq(query), self.num_heads)
+        k = _split_heads(self.projk(key), self.num_heads)
+        return self._rotate(q, k, qpos, kpos)
 
 
 class Mlp(nn.Module):
@@ -298,6 +307,12 @@ class DecoderBlock(nn.Module):
         x = x + self.cross_attn(self.norm2(x), y_, y_, xpos, ypos, probe=probe, reweight=reweight)
         out: Tensor = x + self.mlp(self.norm3(x))
         return out
+
+    def readout(self, x: Tensor, y: Tensor, xpos: Tensor, ypos: Tensor, *, probe: AttentionProbe) -> None:
+        """Run this block only as far as its cross-attention readout: ``probe`` receives exactly what
+        :meth:`forward` would give it; the block's output is not computed (a last layer without heads)."""
+        x = x + self.attn(self.norm1(x), xpos)
+        self.cross_attn.readout(self.norm2(x), self.norm_y(y), xpos, ypos, probe)
 
 
 class PatchEmbed(nn.Module):
