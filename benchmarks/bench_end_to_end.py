@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import naive_pass, peak_rss_during, randomize_weights_, rss_bytes  # noqa: E402
+from common import naive_pass, peak_rss_during, randomize_weights_, rss_bytes, run_with_stage_times  # noqa: E402
 
 WIDTH, HEIGHT = 512, 336
 
@@ -75,28 +74,9 @@ def _sync(device: Any) -> None:
 def _easi3r(net: Any, frames: Any, device: Any, flow: bool, iterations: int) -> dict[str, Any]:
     from easi3r import Easi3R
 
-    stages: list[tuple[str, float]] = []
-
-    class Marker(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            msg = record.getMessage()
-            if msg.startswith("stage: "):
-                _sync(device)
-                stages.append((msg[7:].split(" (")[0], time.perf_counter()))
-
-    logger = logging.getLogger("easi3r")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(Marker())
     runner = Easi3R(backbone=net, device=device, image_size=WIDTH, flow=flow, iterations=iterations)
-    t0 = time.perf_counter()
-    rec = runner.run(frames, progress=False)
-    _sync(device)
-    end = time.perf_counter()
-    marks = stages + [("end", end)]
-    per_stage: dict[str, float] = {}
-    for (name, t), (_, t_next) in zip(marks[:-1], marks[1:]):
-        per_stage[name] = per_stage.get(name, 0.0) + t_next - t
-    return {"total": end - t0, "stages": per_stage, "masks": rec.masks}
+    rec, total, stages = run_with_stage_times(runner, frames, device)
+    return {"total": total, "stages": stages, "masks": rec.masks}
 
 
 def _official_batchify_loss(aligner: Any, log_1: Any, log_2: Any) -> Any:

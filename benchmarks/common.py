@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts (not part of the library): peak memory, random weights.
+"""Helpers shared by the benchmark scripts (not part of the library): peak memory, random weights, stage times.
 
 On CPU, torch allocations are invisible to ``tracemalloc`` and the process's ``ru_maxrss`` only ever rises, so a
 thread samples the resident set size every millisecond while the measured function runs.
@@ -6,11 +6,12 @@ thread samples the resident set size every millisecond while the measured functi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +41,43 @@ def peak_rss_during(fn: Callable[[], T], interval: float = 0.001) -> tuple[T, in
         done.set()
         thread.join()
     return result, max(peak[0], rss_bytes()) - start
+
+
+def run_with_stage_times(runner: Any, frames: Any, device: Any) -> tuple[Any, float, dict[str, float]]:
+    """``runner.run(frames)`` -> (reconstruction, total seconds, seconds per stage). The stages are the ``easi3r``
+    logger's ``stage: <name>`` markers (on CUDA the device is synchronised at each one)."""
+    import torch
+
+    marks: list[tuple[str, float]] = []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    class Marker(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if msg.startswith("stage: "):
+                sync()
+                marks.append((msg[7:].split(" (")[0], time.perf_counter()))
+
+    logger = logging.getLogger("easi3r")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    handler = Marker()
+    logger.addHandler(handler)
+    try:
+        t0 = time.perf_counter()
+        rec = runner.run(frames, progress=False)
+        sync()
+        end = time.perf_counter()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    stages: dict[str, float] = {}
+    for (name, t), (_, t_next) in zip(marks, marks[1:] + [("end", end)]):
+        stages[name] = stages.get(name, 0.0) + t_next - t
+    return rec, end - t0, stages
 
 
 def randomize_weights_(net, seed: int = 0) -> None:

@@ -30,7 +30,7 @@ __all__ = ["build_parser", "main"]
 #: Command-line groups of the configuration fields, in the order of the method's stages.
 _GROUPS: dict[str, tuple[str, ...]] = {
     "frames": ("image_size", "crop", "fps", "max_frames"),
-    "pairs and network": ("graph", "window", "cyclic", "pair_batch_size"),
+    "pairs and network": ("graph", "window", "cyclic", "pair_batch_size", "precision"),
     "segmentation": ("clusters", "cluster_seed", "threshold", "reweight", "sam2"),
     "alignment": ("alignment", "align_window", "align_overlap", "flow", "flow_model", "flow_weights"),
     "export": ("export_conf_thr",),

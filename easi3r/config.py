@@ -199,6 +199,9 @@ class Easi3RConfig:
         align_overlap: fraction of a window shared with the next one, in [0, 1).
         export_conf_thr: raw-confidence threshold of the exported point clouds.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
+        precision: the network's arithmetic: ``"fp32"`` (default, the reference), ``"tf32"`` (CUDA: TF32 matmuls and
+            convolutions, as the official demo) or ``"bf16"`` (bfloat16 autocast over encoder and decoders; heads
+            float32). Faster, not the same numbers: see the README's Speed section for their effect on masks and poses.
         sam2: SAM2 refinement of the attention masks: a local ``.pt`` checkpoint or a hub id
             (``facebook/sam2.1-hiera-large``, the official weights); None (default) = no refinement.
     """
@@ -224,6 +227,7 @@ class Easi3RConfig:
     align_overlap: float = field(default=0.5, metadata=_bounds(0, 1, hi_open=True))
     export_conf_thr: float = field(default=1.1, metadata=_bounds(0))
     device: str | None = None
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     sam2: str | None = None
 
     def __post_init__(self) -> None:

@@ -1,12 +1,28 @@
-"""Device selection: one explicit rule used everywhere a ``device=None`` default appears."""
+"""Device and numeric precision: one explicit rule used everywhere a ``device=None`` default appears, and the one
+place the network's precision (:data:`Precision`) is turned into autocast and TF32 settings."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 
 from .errors import Easi3RInputError
 
-__all__ = ["resolve_device"]
+__all__ = ["PRECISIONS", "Precision", "check_precision", "network_precision", "resolve_device"]
+
+#: Arithmetic of the network's encoder and decoders (the heads and everything after them stay float32):
+#:
+#: * ``"fp32"``: IEEE float32 everywhere (default; on CUDA TF32 is switched off for the network's matmuls and
+#:   convolutions, so results do not depend on the process-wide flags).
+#: * ``"tf32"``: CUDA only: float32 tensors, TF32 tensor-core matmuls and convolutions, as the official demo runs
+#:   (``torch.backends.cuda.matmul.allow_tf32 = True`` in ``dust3r/demo.py``; cuDNN's TF32 is on by default).
+#: * ``"bf16"``: ``torch.autocast(dtype=torch.bfloat16)`` over the encoder and decoders (the heads run float32, as
+#:   the official inference keeps them outside autocast); the encoder tokens are stored in bfloat16.
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -29,3 +45,38 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise Easi3RInputError(f"device {device!r} is not supported (use 'cpu', 'cuda', 'cuda:N' or 'mps')")
     return dev
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise a one-line :class:`Easi3RInputError` unless ``precision`` is a :data:`Precision` the ``device`` runs."""
+    if precision not in PRECISIONS:
+        raise Easi3RInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "tf32" and device.type != "cuda":
+        raise Easi3RInputError(f"precision 'tf32' needs a CUDA device (TF32 is a tensor-core format), got {device}")
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise Easi3RInputError(f"precision 'bf16' runs on cpu or cuda, got {device}")
+
+
+@contextmanager
+def network_precision(precision: Precision, device: torch.device) -> Iterator[None]:
+    """Run the network calls inside it at ``precision`` on ``device`` (see :data:`Precision`).
+
+    The CUDA TF32 flags are process-wide in PyTorch: they are set for the duration of the block and restored after
+    it, whatever they were.
+
+    Raises:
+        Easi3RInputError: see :func:`check_precision`.
+    """
+    check_precision(precision, device)
+    if device.type != "cuda":
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

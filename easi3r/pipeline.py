@@ -42,7 +42,7 @@ from .align.sharded import sharded_global_align
 from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
 from .config import Easi3RConfig
-from .device import resolve_device
+from .device import Precision, check_precision, network_precision, resolve_device
 from .distributed import DistContext, all_gather_objects, broadcast_object, gather_objects, init_distributed
 from .errors import Easi3RInputError
 from .frames import Frames, MaskSource, is_video_path, load_frames, load_masks, processed_focals
@@ -100,6 +100,7 @@ def encode_frames(
     batch_size: int = 4,
     progress: bool = False,
     ctx: DistContext | None = None,
+    precision: Precision = "fp32",
 ) -> EncodedImages:
     """Encoder tokens of every frame, computed once and in batches (the encoder's activations, not its output,
     dominate its memory).
@@ -108,13 +109,14 @@ def encode_frames(
         images: ``(T, 3, H, W)`` normalised frames (any device; moved to the backbone's).
         batch_size: frames per encoder call.
         ctx: with several processes, each rank encodes a share of the batches and the tokens are all-gathered.
+        precision: the encoder's arithmetic (:data:`~easi3r.device.Precision`; ``"bf16"`` stores bfloat16 tokens).
 
     Returns:
         :class:`EncodedImages` of the ``T`` frames on the backbone's device.
     """
     parts: dict[int, EncodedImages] = {}
     mine = _my_batches(len(images), batch_size, ctx)
-    with torch.inference_mode():
+    with torch.inference_mode(), network_precision(precision, backbone.device):
         for s in tqdm(mine, desc="encode", unit="batch", disable=not progress, leave=False):
             parts[s] = backbone.encode(images[s : s + batch_size].to(backbone.device))
     if ctx is not None and ctx.distributed:
@@ -138,6 +140,7 @@ def run_pass(
     progress: bool = True,
     desc: str = "pass",
     ctx: DistContext | None = None,
+    precision: Precision = "fp32",
 ) -> PassOutput:
     """Run the decoders over every edge in batches, streaming the readout into per-frame statistics.
 
@@ -154,6 +157,7 @@ def run_pass(
         ctx: with several processes, this rank runs its share of whole batches (:func:`_my_batches`); its
             accumulator then holds only its pairs (merge with :func:`gather_attention`) and its pointmaps are
             those of its pairs (``pointmaps.edges`` says which).
+        precision: the decoders' arithmetic (:data:`~easi3r.device.Precision`); readout and pointmaps are float32.
 
     Returns:
         :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
@@ -179,7 +183,7 @@ def run_pass(
     maps: tuple[list[Tensor], list[Tensor]] = ([], [])
     dev_masks = masks.to(device) if masks is not None else None
     bar = tqdm(total=len(edges), desc=desc, unit="pair", disable=not progress, leave=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), network_precision(precision, device):
         for start in starts:
             e = edges[start : start + batch_size]
             i, j = e[:, 0].to(device), e[:, 1].to(device)
@@ -279,6 +283,7 @@ class NetworkPointmaps:
         edges: ``(P, 2)`` all edges of the video.
         masks: ``(T, H, W)`` bool re-weighting masks (pass-1 masks), or None for plain attention.
         batch_size: pairs per network call.
+        precision: the decoders' arithmetic (:data:`~easi3r.device.Precision`).
     """
 
     backbone: Backbone
@@ -287,6 +292,7 @@ class NetworkPointmaps:
     masks: Tensor | None
     batch_size: int = 4
     progress: bool = False
+    precision: Precision = "fp32"
 
     def __call__(self, edge_indices: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(K,)`` int64 edge indices -> ``pts_1, pts_2 (K, H, W, 3)``, ``conf_1, conf_2 (K, H, W)``."""
@@ -300,6 +306,7 @@ class NetworkPointmaps:
             batch_size=self.batch_size,
             progress=self.progress,
             desc="pointmaps",
+            precision=self.precision,
         )
         pm = out.pointmaps
         if pm is None:  # run_pass always returns pointmaps when heads=True
@@ -380,6 +387,7 @@ class Easi3R:
         self.dist = dist if dist is not None else init_distributed(wanted)
         self.device = self.dist.device if self.dist.distributed else resolve_device(wanted)
         self.config = dataclasses.replace(cfg, device=str(self.device))
+        check_precision(self.config.precision, self.device)
         self.backbone = load_backbone(backbone, self.device)
         # The backbone's own preprocessing (e.g. 224 px for a 224 model), unless the caller chose it.
         pre = self.backbone.preprocessing
@@ -418,7 +426,12 @@ class Easi3R:
     def encode(self, frames: Frames, *, progress: bool = True) -> EncodedImages:
         """Encoder tokens of every frame, computed once (batches of ``pair_batch_size`` frames)."""
         return encode_frames(
-            self.backbone, frames.images, batch_size=self.config.pair_batch_size, progress=progress, ctx=self.dist
+            self.backbone,
+            frames.images,
+            batch_size=self.config.pair_batch_size,
+            progress=progress,
+            ctx=self.dist,
+            precision=self.config.precision,
         )
 
     def cluster(self, encoded: EncodedImages) -> Tensor:
@@ -591,7 +604,7 @@ class Easi3R:
         keep = trace is not None and trace.keep_pair_maps
         if trace is not None:
             trace.frames, trace.edges, trace.cluster_labels, trace.alignment_mode = frames, edges, labels, mode
-            trace.features = encoded.token_grid().cpu()
+            trace.features = encoded.token_grid().float().cpu()
 
         # Pointmaps come from the last pass (pass 2, or pass 1 without re-weighting), and only in global mode.
         pointmaps, refined, reweight_masks = None, None, given
@@ -599,7 +612,8 @@ class Easi3R:
             heads_1 = mode == "global" and not cfg.reweight
             logger.debug("stage: pass 1")
             first = run_pass(self.backbone, encoded, edges, heads=heads_1, batch_size=batch, keep_maps=keep,
-                             progress=progress, desc="pass 1 (attention)", ctx=self.dist)  # fmt: skip
+                             progress=progress, desc="pass 1 (attention)", ctx=self.dist,
+                             precision=cfg.precision)  # fmt: skip
             seg = seg_1 = self.segment(first, labels, frames, progress=progress, desc="masks (pass 1)")
             pointmaps = first.pointmaps
             if self.sam2 is not None:
@@ -616,7 +630,7 @@ class Easi3R:
             logger.debug("stage: pass 2")
             second = run_pass(self.backbone, encoded, edges, masks=reweight_masks, heads=mode == "global",
                               batch_size=batch, keep_maps=keep, progress=progress,
-                              desc="pass 2 (re-weighted)", ctx=self.dist)  # fmt: skip
+                              desc="pass 2 (re-weighted)", ctx=self.dist, precision=cfg.precision)  # fmt: skip
             # The official pipeline recomputes the masks from the re-weighted pass: those are the outputs.
             seg = self.segment(second, labels, frames, progress=progress, desc="masks (pass 2)")
             pointmaps = second.pointmaps
@@ -634,7 +648,9 @@ class Easi3R:
 
         source = None
         if mode == "window":
-            source = NetworkPointmaps(self.backbone, encoded, edges, reweight_masks, batch_size=batch)
+            source = NetworkPointmaps(
+                self.backbone, encoded, edges, reweight_masks, batch_size=batch, precision=cfg.precision
+            )
         logger.debug("stage: alignment")
         aligned = self.align(
             mode, edges, frames, flow_masks, pointmaps=pointmaps, source=source, progress=progress, **known

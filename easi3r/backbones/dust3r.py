@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -309,8 +309,8 @@ class DUSt3R(Backbone):
                 # Without heads nothing reads the last layer's output: only its readout is taken (pass 1 saves
                 # the last cross-attention's values and product and the last MLP, ~5 % of its decoder work).
                 if probe_1 is not None and probe_2 is not None:
-                    block_1.readout(x_1, x_2, pos_1, pos_2, probe=probe_1)
-                    block_2.readout(x_2, x_1, pos_2, pos_1, probe=probe_2)
+                    cast(DecoderBlock, block_1).readout(x_1, x_2, pos_1, pos_2, probe=probe_1)
+                    cast(DecoderBlock, block_2).readout(x_2, x_1, pos_2, pos_1, probe=probe_2)
                 break
             x_1, x_2 = (
                 block_1(x_1, x_2, pos_1, pos_2, probe=probe_1, reweight=reweight),
