@@ -16,7 +16,10 @@ from typing import Any, Literal, Union
 
 from .errors import Easi3RInputError
 
-__all__ = ["AlignConfig", "Easi3RConfig"]
+__all__ = ["AlignConfig", "Easi3RConfig", "Precision"]
+
+#: The network's arithmetic (``Easi3RConfig.precision``); what each value does: :data:`easi3r.device.PRECISIONS`.
+Precision = Literal["fp32", "tf32", "bf16"]
 
 #: The official demo's frame cap for videos (``--num_frames 200``).
 DEFAULT_VIDEO_FRAMES = 200
@@ -201,7 +204,7 @@ class Easi3RConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
         precision: the network's arithmetic: ``"fp32"`` (default, the reference), ``"tf32"`` (CUDA: TF32 matmuls and
             convolutions, as the official demo) or ``"bf16"`` (bfloat16 autocast over encoder and decoders; heads
-            float32). Faster, not the same numbers: see the README's Speed section for their effect on masks and poses.
+            float32). Faster, not the same numbers: see the README's Precision section for their effect.
         sam2: SAM2 refinement of the attention masks: a local ``.pt`` checkpoint or a hub id
             (``facebook/sam2.1-hiera-large``, the official weights); None (default) = no refinement.
     """
@@ -227,7 +230,7 @@ class Easi3RConfig:
     align_overlap: float = field(default=0.5, metadata=_bounds(0, 1, hi_open=True))
     export_conf_thr: float = field(default=1.1, metadata=_bounds(0))
     device: str | None = None
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     sam2: str | None = None
 
     def __post_init__(self) -> None:

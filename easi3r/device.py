@@ -1,19 +1,21 @@
 """Device and numeric precision: one explicit rule used everywhere a ``device=None`` default appears, and the one
-place the network's precision (:data:`Precision`) is turned into autocast and TF32 settings."""
+place the network's precision (:data:`~easi3r.config.Precision`) is turned into autocast and TF32 settings."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 
+from .config import Precision
 from .errors import Easi3RInputError
 
-__all__ = ["PRECISIONS", "Precision", "check_precision", "network_precision", "resolve_device"]
+__all__ = ["PRECISIONS", "check_precision", "network_precision", "resolve_device"]
 
-#: Arithmetic of the network's encoder and decoders (the heads and everything after them stay float32):
+#: The values of :data:`~easi3r.config.Precision`, the network's arithmetic (encoder and decoders; the heads and
+#: everything after them stay float32):
 #:
 #: * ``"fp32"``: IEEE float32 everywhere (default; on CUDA TF32 is switched off for the network's matmuls and
 #:   convolutions, so results do not depend on the process-wide flags).
@@ -21,8 +23,7 @@ __all__ = ["PRECISIONS", "Precision", "check_precision", "network_precision", "r
 #:   (``torch.backends.cuda.matmul.allow_tf32 = True`` in ``dust3r/demo.py``; cuDNN's TF32 is on by default).
 #: * ``"bf16"``: ``torch.autocast(dtype=torch.bfloat16)`` over the encoder and decoders (the heads run float32, as
 #:   the official inference keeps them outside autocast); the encoder tokens are stored in bfloat16.
-Precision = Literal["fp32", "tf32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "tf32", "bf16")
+PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -48,7 +49,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Raise a one-line :class:`Easi3RInputError` unless ``precision`` is a :data:`Precision` the ``device`` runs."""
+    """Raise a one-line :class:`Easi3RInputError` unless ``precision`` is one of :data:`PRECISIONS` and ``device``
+    runs it."""
     if precision not in PRECISIONS:
         raise Easi3RInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "tf32" and device.type != "cuda":
@@ -59,7 +61,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 @contextmanager
 def network_precision(precision: Precision, device: torch.device) -> Iterator[None]:
-    """Run the network calls inside it at ``precision`` on ``device`` (see :data:`Precision`).
+    """Run the network calls inside it at ``precision`` on ``device`` (see :data:`PRECISIONS`).
 
     The CUDA TF32 flags are process-wide in PyTorch: they are set for the duration of the block and restored after
     it, whatever they were.

@@ -41,8 +41,8 @@ from .align.model import KnownMode
 from .align.sharded import sharded_global_align
 from .attention import AttentionAccumulator
 from .backbones import Backbone, EncodedImages, load_backbone
-from .config import Easi3RConfig
-from .device import Precision, check_precision, network_precision, resolve_device
+from .config import Easi3RConfig, Precision
+from .device import check_precision, network_precision, resolve_device
 from .distributed import DistContext, all_gather_objects, broadcast_object, gather_objects, init_distributed
 from .errors import Easi3RInputError
 from .frames import Frames, MaskSource, is_video_path, load_frames, load_masks, processed_focals
@@ -109,7 +109,7 @@ def encode_frames(
         images: ``(T, 3, H, W)`` normalised frames (any device; moved to the backbone's).
         batch_size: frames per encoder call.
         ctx: with several processes, each rank encodes a share of the batches and the tokens are all-gathered.
-        precision: the encoder's arithmetic (:data:`~easi3r.device.Precision`; ``"bf16"`` stores bfloat16 tokens).
+        precision: the encoder's arithmetic (:data:`~easi3r.config.Precision`; ``"bf16"`` stores bfloat16 tokens).
 
     Returns:
         :class:`EncodedImages` of the ``T`` frames on the backbone's device.
@@ -157,7 +157,7 @@ def run_pass(
         ctx: with several processes, this rank runs its share of whole batches (:func:`_my_batches`); its
             accumulator then holds only its pairs (merge with :func:`gather_attention`) and its pointmaps are
             those of its pairs (``pointmaps.edges`` says which).
-        precision: the decoders' arithmetic (:data:`~easi3r.device.Precision`); readout and pointmaps are float32.
+        precision: the decoders' arithmetic (:data:`~easi3r.config.Precision`); readout and pointmaps are float32.
 
     Returns:
         :class:`PassOutput`; its accumulator lives on CPU in float64, its pointmaps on the backbone's device.
@@ -283,7 +283,7 @@ class NetworkPointmaps:
         edges: ``(P, 2)`` all edges of the video.
         masks: ``(T, H, W)`` bool re-weighting masks (pass-1 masks), or None for plain attention.
         batch_size: pairs per network call.
-        precision: the decoders' arithmetic (:data:`~easi3r.device.Precision`).
+        precision: the decoders' arithmetic (:data:`~easi3r.config.Precision`).
     """
 
     backbone: Backbone
