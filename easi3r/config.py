@@ -203,7 +203,7 @@ class Easi3RConfig:
         export_conf_thr: raw-confidence threshold of the exported point clouds.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
         precision: the network's arithmetic: ``"fp32"`` (default, the reference), ``"tf32"`` (CUDA: TF32 matmuls and
-            convolutions, as the official demo) or ``"bf16"`` (bfloat16 autocast over encoder and decoders; heads
+            convolutions, as the official code) or ``"bf16"`` (bfloat16 autocast over encoder and decoders; heads
             float32). Faster, not the same numbers: see the README's Precision section for their effect.
         sam2: SAM2 refinement of the attention masks: a local ``.pt`` checkpoint or a hub id
             (``facebook/sam2.1-hiera-large``, the official weights); None (default) = no refinement.

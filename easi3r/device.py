@@ -19,8 +19,9 @@ __all__ = ["PRECISIONS", "check_precision", "network_precision", "resolve_device
 #:
 #: * ``"fp32"``: IEEE float32 everywhere (default; on CUDA TF32 is switched off for the network's matmuls and
 #:   convolutions, so results do not depend on the process-wide flags).
-#: * ``"tf32"``: CUDA only: float32 tensors, TF32 tensor-core matmuls and convolutions, as the official demo runs
-#:   (``torch.backends.cuda.matmul.allow_tf32 = True`` in ``dust3r/demo.py``; cuDNN's TF32 is on by default).
+#: * ``"tf32"``: CUDA only: float32 tensors, TF32 tensor-core matmuls and convolutions, as the official code runs
+#:   (importing croco's ``models/croco.py`` sets ``torch.backends.cuda.matmul.allow_tf32 = True`` and ``demo.py``
+#:   sets it again; cuDNN's TF32 for convolutions is PyTorch's default).
 #: * ``"bf16"``: ``torch.autocast(dtype=torch.bfloat16)`` over the encoder and decoders (the heads run float32, as
 #:   the official inference keeps them outside autocast); the encoder tokens are stored in bfloat16.
 PRECISIONS: tuple[Precision, ...] = typing.get_args(Precision)
