@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import naive_pass, peak_rss_during, randomize_weights_, rss_bytes, run_with_stage_times  # noqa: E402
+from common import naive_pass, peak_rss_during, randomize_weights_, rss_bytes, run_with_stage_times, sync  # noqa: E402
 
 WIDTH, HEIGHT = 512, 336
 
@@ -62,13 +62,6 @@ def _build(device: str, fused: bool, frames: int, arch: str) -> tuple[Any, Any, 
                 module.weight.data = module.weight.data.contiguous()
     video = render_video(frames, WIDTH, HEIGHT, seed=0)
     return net.to(device), video.frames, torch.device(device)
-
-
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _easi3r(net: Any, frames: Any, device: Any, flow: bool, iterations: int) -> dict[str, Any]:
@@ -172,7 +165,7 @@ def _naive(net: Any, frames: Any, device: Any, flow: bool, iterations: int) -> d
                 loss = loss + aligner.flow_weight * term
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     times["alignment"] = time.perf_counter() - t
     return {"total": sum(times.values()), "stages": times, "masks": masks.cpu().numpy()}
 

@@ -43,22 +43,24 @@ def peak_rss_during(fn: Callable[[], T], interval: float = 0.001) -> tuple[T, in
     return result, max(peak[0], rss_bytes()) - start
 
 
+def sync(device: Any) -> None:
+    """Wait for ``device``'s queued work (CUDA), so that a clock read after it times that work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_with_stage_times(runner: Any, frames: Any, device: Any) -> tuple[Any, float, dict[str, float]]:
     """``runner.run(frames)`` -> (reconstruction, total seconds, seconds per stage). The stages are the ``easi3r``
     logger's ``stage: <name>`` markers (on CUDA the device is synchronised at each one)."""
-    import torch
-
     marks: list[tuple[str, float]] = []
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     class Marker(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             msg = record.getMessage()
             if msg.startswith("stage: "):
-                sync()
+                sync(device)
                 marks.append((msg[7:].split(" (")[0], time.perf_counter()))
 
     logger = logging.getLogger("easi3r")
@@ -69,7 +71,7 @@ def run_with_stage_times(runner: Any, frames: Any, device: Any) -> tuple[Any, fl
     try:
         t0 = time.perf_counter()
         rec = runner.run(frames, progress=False)
-        sync()
+        sync(device)
         end = time.perf_counter()
     finally:
         logger.removeHandler(handler)

@@ -71,15 +71,14 @@ def network_precision(precision: Precision, device: torch.device) -> Iterator[No
         Easi3RInputError: see :func:`check_precision`.
     """
     check_precision(precision, device)
-    if device.type != "cuda":
+    saved = None
+    if device.type == "cuda":
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        saved = matmul.allow_tf32, cudnn.allow_tf32
+        matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
+    try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             yield
-        return
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = matmul.allow_tf32, cudnn.allow_tf32
-    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
-    try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = saved
+        if saved is not None:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
